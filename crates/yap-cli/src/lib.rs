@@ -1,0 +1,5 @@
+//! The `yap` command: server wiring, the default model fetcher and the WebSocket clients.
+
+pub mod client;
+pub mod model_fetch;
+pub mod serve;

@@ -1,0 +1,86 @@
+//! `yap`: run the server, its test clients and model tooling.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use yap_cli::client::{self, BenchArgs, ClientArgs};
+use yap_cli::{model_fetch, serve};
+
+#[derive(Debug, Parser)]
+#[command(name = "yap", version, about = "Real-time voice companion server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the server (embedded engine on the default model unless --model is given).
+    Serve(serve::ServeArgs),
+    /// Send one turn, print every frame and a metrics line.
+    Warmup {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What the user says.
+        #[arg(default_value = "Hey, how is it going?")]
+        text: String,
+    },
+    /// Measure TTFT, decode tokens/s and cancel latency at several concurrency levels.
+    Bench(BenchArgs),
+    /// Fetch and cache the default chat model, print its path.
+    FetchModel,
+    /// Write a tiny random-weight GGUF chat model (for tests).
+    MakeTestModel {
+        /// Output path.
+        path: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("YAP_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,llama_cpp_2=warn,llama-cpp-2=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let running = serve::start(args).await?;
+            tracing::info!(addr = %running.addr, "yap listening (ws: /ws, health: /healthz)");
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => { r?; }
+                _ = terminate() => {}
+            }
+            tracing::info!("shutting down");
+            running.stop().await;
+        }
+        Command::Warmup { client, text } => client::warmup(&client, &text).await?,
+        Command::Bench(args) => client::bench(&args).await?,
+        Command::FetchModel => {
+            let path = tokio::task::spawn_blocking(model_fetch::ensure_default_model).await??;
+            println!("{}", path.display());
+        }
+        Command::MakeTestModel { path } => {
+            yap_engine::tiny::write_tiny_model(&path, yap_engine::tiny::TinyModelSpec::default())?;
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
+}
+
+async fn terminate() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}

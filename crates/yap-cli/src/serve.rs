@@ -1,0 +1,192 @@
+//! `yap serve`: configuration (flags with protocol.md env fallbacks) and wiring of engine,
+//! core and transport.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use tokio::net::TcpListener;
+use yap_core::{Core, CoreConfig};
+use yap_engine::ChatEngine;
+use yap_engine::llama::{LlamaConfig, LlamaEngine};
+use yap_server::{AppState, ServerConfig};
+
+use crate::model_fetch;
+
+/// Flags of `yap serve`; every one has the env var of protocol.md (or a `YAP_`/`EMBEDDED_` one).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to bind.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to bind (0 = any free port).
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// API key clients must present (required).
+    #[arg(long, env = "TEXT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Global connection slots (required).
+    #[arg(long, env = "MAX_CONCURRENT_CONNECTIONS")]
+    pub max_concurrent_connections: Option<usize>,
+    /// Chat engine: `embedded` (llama.cpp in-process).
+    #[arg(long = "engine", env = "INFERENCE_ENGINE", default_value = "embedded")]
+    pub engine: String,
+    /// GGUF chat model; default: Gemma 3 270M fetched into the cache on first use.
+    #[arg(long = "model", env = "CHAT_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Prompt + reply tokens per turn.
+    #[arg(long, env = "CHAT_MAX_LEN", default_value_t = 5525)]
+    pub chat_max_len: usize,
+    /// Most reply tokens per turn.
+    #[arg(long, env = "CHAT_MAX_OUT", default_value_t = 150)]
+    pub chat_max_out: u32,
+    /// Most persona tokens.
+    #[arg(long, env = "CHAT_PROMPT_MAX_TOKENS", default_value_t = 1500)]
+    pub chat_prompt_max_tokens: usize,
+    /// History trim threshold in tokens (alias env `HISTORY_MAX_TOKENS`).
+    #[arg(long, env = "CHAT_HISTORY_MAX_TOKENS")]
+    pub chat_history_max_tokens: Option<usize>,
+    /// Percent of the history threshold kept after a trim.
+    #[arg(long, env = "HISTORY_RETENTION_PCT", default_value_t = 66)]
+    pub history_retention_pct: usize,
+    /// User utterance tokens kept (from the beginning).
+    #[arg(long, env = "USER_UTT_MAX_TOKENS", default_value_t = 500)]
+    pub user_utt_max_tokens: usize,
+    /// Seconds to wait for a connection slot.
+    #[arg(long, env = "WS_HANDSHAKE_ACQUIRE_TIMEOUT_S", default_value_t = 0.5)]
+    pub ws_handshake_acquire_timeout_s: f64,
+    /// Seconds without inbound messages before the server closes a connection.
+    #[arg(long, env = "WS_IDLE_TIMEOUT_S", default_value_t = 150.0)]
+    pub ws_idle_timeout_s: f64,
+    /// Close code of an idle close.
+    #[arg(long, env = "WS_CLOSE_IDLE_CODE", default_value_t = 4000)]
+    pub ws_close_idle_code: u16,
+    /// Largest inbound frame in bytes.
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 65536)]
+    pub ws_max_message_bytes: usize,
+    /// Comma-separated allowed browser origins (empty = any).
+    #[arg(long, env = "WS_ALLOWED_ORIGINS", default_value = "")]
+    pub ws_allowed_origins: String,
+    /// Embedded engine: KV cache cells shared by all sessions.
+    #[arg(long, env = "EMBEDDED_KV_TOKENS", default_value_t = 32768)]
+    pub kv_tokens: u32,
+    /// Embedded engine: sessions kept in the KV cache at once.
+    #[arg(long, env = "EMBEDDED_MAX_SEQUENCES", default_value_t = 32)]
+    pub max_sequences: u32,
+    /// Embedded engine: most tokens per decode step.
+    #[arg(long, env = "EMBEDDED_BATCH_TOKENS", default_value_t = 512)]
+    pub batch_tokens: u32,
+    /// Embedded engine: CPU threads (0 = all cores).
+    #[arg(long, env = "EMBEDDED_THREADS", default_value_t = 0)]
+    pub threads: u32,
+    /// Embedded engine: layers on the GPU (needs a `cuda` build).
+    #[arg(long, env = "EMBEDDED_GPU_LAYERS", default_value_t = 0)]
+    pub gpu_layers: u32,
+    /// Default sampling temperature.
+    #[arg(long, env = "CHAT_TEMPERATURE", default_value_t = 0.7)]
+    pub temperature: f32,
+}
+
+/// A running server.
+pub struct Running {
+    /// The bound address.
+    pub addr: std::net::SocketAddr,
+    /// The serving task.
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The engine (kept to shut it down).
+    pub engine: Arc<LlamaEngine>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Running {
+    /// Stops accepting and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+        self.task.abort();
+    }
+}
+
+/// Loads the engine and binds the listener; serving starts in a task.
+pub async fn start(args: ServeArgs) -> Result<Running> {
+    let Some(api_key) = args.api_key.clone().filter(|k| !k.is_empty()) else {
+        bail!("TEXT_API_KEY is required (set the env var or pass --api-key)");
+    };
+    let Some(max_conn) = args.max_concurrent_connections.filter(|n| *n > 0) else {
+        bail!("MAX_CONCURRENT_CONNECTIONS is required (a positive number)");
+    };
+    if args.engine != "embedded" {
+        bail!(
+            "engine `{}` is not available in this build; use `embedded`",
+            args.engine
+        );
+    }
+    let history_max = args
+        .chat_history_max_tokens
+        .or_else(|| {
+            std::env::var("HISTORY_MAX_TOKENS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(3000);
+    let model_path = match &args.model {
+        Some(p) => p.clone(),
+        None => tokio::task::spawn_blocking(model_fetch::ensure_default_model)
+            .await
+            .context("model fetch task")??,
+    };
+    let mut llama = LlamaConfig::new(&model_path);
+    llama.kv_tokens = args.kv_tokens;
+    llama.max_sequences = args.max_sequences;
+    llama.max_sequence_tokens = args.chat_max_len as u32;
+    llama.batch_tokens = args.batch_tokens;
+    llama.threads = args.threads;
+    llama.gpu_layers = args.gpu_layers;
+    let engine = Arc::new(
+        tokio::task::spawn_blocking(move || LlamaEngine::start(llama))
+            .await
+            .context("engine start task")??,
+    );
+    let mut core_config = CoreConfig {
+        chat_max_len: args.chat_max_len,
+        chat_max_out: args.chat_max_out,
+        persona_max_tokens: args.chat_prompt_max_tokens,
+        history_max_tokens: history_max,
+        history_retention_pct: args.history_retention_pct,
+        user_utt_max_tokens: args.user_utt_max_tokens,
+        ..CoreConfig::default()
+    };
+    core_config.default_sampling.temperature = args.temperature;
+    let dyn_engine: Arc<dyn ChatEngine> = engine.clone();
+    let core = Core::new(dyn_engine, core_config);
+    let mut server = ServerConfig::new(api_key, max_conn);
+    server.acquire_timeout = Duration::from_secs_f64(args.ws_handshake_acquire_timeout_s.max(0.0));
+    server.idle_timeout = Duration::from_secs_f64(args.ws_idle_timeout_s.max(0.001));
+    server.idle_close_code = args.ws_close_idle_code;
+    server.max_message_bytes = args.ws_max_message_bytes;
+    server.allowed_origins = args
+        .ws_allowed_origins
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('/').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let state = AppState::new(core, server);
+    let task = tokio::spawn(yap_server::serve(listener, state, async move {
+        let _ = rx.await;
+    }));
+    Ok(Running {
+        addr,
+        task,
+        engine,
+        shutdown: Some(tx),
+    })
+}

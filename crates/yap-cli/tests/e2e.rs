@@ -1,0 +1,513 @@
+//! End-to-end tests: the real server (embedded llama.cpp engine, axum transport) on an ephemeral
+//! port, serving a tiny GGUF model that the test generates, driven by a WebSocket client.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use yap_cli::client::Ws;
+use yap_cli::serve::{self, Running, ServeArgs};
+
+const KEY: &str = "test-key";
+const T: Duration = Duration::from_secs(30);
+
+fn tiny_model() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("yap-e2e-{}", std::process::id()));
+        let path = dir.join("tiny.gguf");
+        yap_engine::tiny::write_tiny_model(&path, yap_engine::tiny::TinyModelSpec::default())
+            .expect("write tiny model");
+        path
+    })
+    .clone()
+}
+
+#[derive(Parser)]
+struct Wrap {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+async fn server(extra: &[&str]) -> Running {
+    let model = tiny_model();
+    let mut argv = vec![
+        "yap".to_owned(),
+        "--host=127.0.0.1".into(),
+        "--port=0".into(),
+        format!("--api-key={KEY}"),
+        "--max-concurrent-connections=16".into(),
+        format!("--model={}", model.display()),
+        "--threads=1".into(),
+        "--kv-tokens=65536".into(),
+        "--chat-max-len=8192".into(),
+    ];
+    // Extra flags replace defaults of the same name.
+    argv.retain(|a| {
+        let name = a.split('=').next().unwrap_or_default();
+        !extra.iter().any(|e| e.split('=').next() == Some(name))
+    });
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let args = Wrap::try_parse_from(argv).expect("args").args;
+    serve::start(args).await.expect("server starts")
+}
+
+async fn connect(r: &Running) -> Ws {
+    let url = format!("ws://{}/ws?api_key={KEY}", r.addr);
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect")
+        .0
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
+}
+
+async fn send_raw(ws: &mut Ws, s: &str) {
+    ws.send(Message::Text(s.to_owned().into()))
+        .await
+        .expect("send");
+}
+
+/// Next text frame as JSON; panics on close or timeout.
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(T, ws.next())
+            .await
+            .expect("frame in time")
+            .expect("open")
+            .expect("ok");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json frame"),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads frames until the close; returns the frames and the close code.
+async fn recv_until_close(ws: &mut Ws) -> (Vec<Value>, Option<u16>) {
+    let mut frames = Vec::new();
+    loop {
+        match tokio::time::timeout(T, ws.next()).await.expect("in time") {
+            Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(t.as_str()).unwrap()),
+            Some(Ok(Message::Close(c))) => return (frames, c.map(|c| u16::from(c.code))),
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => return (frames, None),
+        }
+    }
+}
+
+fn start(session: &str, text: &str, rid: &str) -> Value {
+    json!({"type":"start","session_id":session,"user_utterance":text,"request_id":rid,
+           "sampling":{"temperature":0.8}})
+}
+
+fn is_terminal(f: &Value) -> bool {
+    f["type"] == "done" || f["type"] == "error"
+}
+
+/// Reads one whole turn: every frame up to and including its terminal frame.
+async fn read_turn(ws: &mut Ws) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let f = recv(ws).await;
+        let end = is_terminal(&f);
+        frames.push(f);
+        if end {
+            return frames;
+        }
+    }
+}
+
+async fn healthz(r: &Running) -> Value {
+    let mut s = tokio::net::TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_turn_streams_tokens_then_one_done_with_usage() {
+    let r = server(&["--chat-max-out=24"]).await;
+    assert_eq!(healthz(&r).await["status"], "ok");
+    let mut ws = connect(&r).await;
+    send(&mut ws, start("s1", "Hello there, who are you?", "r1")).await;
+    let frames = read_turn(&mut ws).await;
+    assert_eq!(frames[0]["type"], "ack");
+    assert_eq!(frames[0]["request_id"], "r1");
+    let tokens: Vec<&Value> = frames.iter().filter(|f| f["type"] == "token").collect();
+    assert!(!tokens.is_empty());
+    let done = frames.last().unwrap();
+    assert_eq!(done["type"], "done", "{done}");
+    assert_eq!(done["request_id"], "r1");
+    assert!(done.get("cancelled").is_none());
+    let usage = &done["usage"];
+    assert_eq!(usage["completion_tokens"], 24);
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 10);
+    assert!(usage["ttft_ms"].as_f64().unwrap() <= usage["total_ms"].as_f64().unwrap());
+    assert_eq!(frames.iter().filter(|f| is_terminal(f)).count(), 1);
+    // The connection stays usable after a turn.
+    send(&mut ws, json!({"type":"ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_turn_reuses_cached_prefix() {
+    let r = server(&["--chat-max-out=16"]).await;
+    let mut ws = connect(&r).await;
+    send(
+        &mut ws,
+        start("cache", "Tell me about the weather today.", "a"),
+    )
+    .await;
+    let first = read_turn(&mut ws).await;
+    let u1 = &first.last().unwrap()["usage"];
+    assert_eq!(u1["cached_prompt_tokens"], 0);
+    send(&mut ws, start("cache", "And what about tomorrow?", "b")).await;
+    let second = read_turn(&mut ws).await;
+    let ack = &second[0];
+    assert_eq!(ack["history_turns"], 2, "history holds turn one: {ack}");
+    let u2 = &second.last().unwrap()["usage"];
+    let cached = u2["cached_prompt_tokens"].as_u64().unwrap();
+    let prompt = u2["prompt_tokens"].as_u64().unwrap();
+    // Persona + turn one (prompt and reply) are reused; only the new user turn is prefilled.
+    assert!(cached > 0 && cached < prompt, "cached {cached} of {prompt}");
+    assert!(
+        cached >= u1["prompt_tokens"].as_u64().unwrap() - 1,
+        "{u1} vs {u2}"
+    );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_cancels_running_turn_before_the_new_one_streams() {
+    let r = server(&["--chat-max-out=4000"]).await;
+    let mut ws = connect(&r).await;
+    send(
+        &mut ws,
+        start("barge", "Tell me a very long story.", "first"),
+    )
+    .await;
+    // Wait until the first turn streams.
+    loop {
+        if recv(&mut ws).await["type"] == "token" {
+            break;
+        }
+    }
+    send(
+        &mut ws,
+        start("barge", "Stop, tell me a joke instead.", "second"),
+    )
+    .await;
+    let t0 = Instant::now();
+    // Frames of the first turn end with exactly one done{cancelled}.
+    let mut first_tail = Vec::new();
+    loop {
+        let f = recv(&mut ws).await;
+        let end = is_terminal(&f);
+        first_tail.push(f);
+        if end {
+            break;
+        }
+    }
+    let done = first_tail.last().unwrap();
+    assert_eq!(done["type"], "done");
+    assert_eq!(done["cancelled"], true);
+    assert_eq!(done["request_id"], "first");
+    assert!(
+        first_tail
+            .iter()
+            .all(|f| f["type"] == "token" || is_terminal(f))
+    );
+    let barge_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    // Then the second turn: ack, tokens, then cancel it too.
+    let ack = recv(&mut ws).await;
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["request_id"], "second");
+    assert_eq!(recv(&mut ws).await["type"], "token");
+    send(&mut ws, json!({"type":"cancel","request_id":"stop2"})).await;
+    let mut rest = Vec::new();
+    loop {
+        let f = recv(&mut ws).await;
+        let end = is_terminal(&f);
+        rest.push(f);
+        if end {
+            break;
+        }
+    }
+    let done2 = rest.last().unwrap();
+    assert_eq!(done2["cancelled"], true);
+    assert_eq!(done2["request_id"], "stop2");
+    // Nothing else follows: a ping is answered next.
+    send(&mut ws, json!({"type":"ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
+    assert!(barge_ms < 5000.0);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_forms_with_nothing_running_get_a_cancelled_done() {
+    let r = server(&["--chat-max-out=8"]).await;
+    let mut ws = connect(&r).await;
+    send(&mut ws, json!({"type":"cancel","request_id":"c1"})).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"type":"done","cancelled":true,"request_id":"c1"})
+    );
+    send(&mut ws, json!({"cancel":true})).await;
+    assert_eq!(recv(&mut ws).await, json!({"type":"done","cancelled":true}));
+    send_raw(&mut ws, "__CANCEL__").await;
+    assert_eq!(recv(&mut ws).await, json!({"type":"done","cancelled":true}));
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_and_end_sentinel_close_with_1000() {
+    let r = server(&["--chat-max-out=8"]).await;
+    for end in [r#"{"type":"end"}"#, "__END__"] {
+        let mut ws = connect(&r).await;
+        send(&mut ws, json!({"type":"ping"})).await;
+        assert_eq!(recv(&mut ws).await, json!({"type":"pong"}));
+        send_raw(&mut ws, end).await;
+        let (frames, code) = recv_until_close(&mut ws).await;
+        assert_eq!(
+            frames,
+            vec![json!({"type":"connection_closed","reason":"client_request"})]
+        );
+        assert_eq!(code, Some(1000));
+    }
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_sessions_share_the_decode_batch() {
+    let r = server(&["--chat-max-out=400"]).await;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let url = format!("ws://{}/ws?api_key={KEY}", r.addr);
+        tasks.push(tokio::spawn(async move {
+            let mut ws = tokio_tungstenite::connect_async(url).await.unwrap().0;
+            send(
+                &mut ws,
+                start(&format!("conc-{i}"), "Talk to me about music.", "x"),
+            )
+            .await;
+            let mut first = None;
+            loop {
+                let f = recv(&mut ws).await;
+                if f["type"] == "token" && first.is_none() {
+                    first = Some(Instant::now());
+                }
+                if is_terminal(&f) {
+                    return (first.unwrap(), Instant::now(), f);
+                }
+            }
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    for (_, _, done) in &results {
+        assert_eq!(done["type"], "done");
+        assert_eq!(done["usage"]["completion_tokens"], 400);
+    }
+    // Every session was streaming before any finished: they ran at the same time.
+    let last_first = results.iter().map(|r| r.0).max().unwrap();
+    let first_end = results.iter().map(|r| r.1).min().unwrap();
+    assert!(last_first < first_end, "sessions did not overlap");
+    let stats = &healthz(&r).await["engine_stats"];
+    assert!(
+        stats["peak_batch_sequences"].as_u64().unwrap() >= 8,
+        "decode steps never held all 8 sessions: {stats}"
+    );
+    eprintln!("8 sessions x 400 tokens in {:?}", t0.elapsed());
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_key_is_refused_with_1008_and_header_key_works() {
+    let r = server(&["--chat-max-out=8"]).await;
+    let url = format!("ws://{}/ws?api_key=wrong", r.addr);
+    let mut ws = tokio_tungstenite::connect_async(url).await.unwrap().0;
+    let (frames, code) = recv_until_close(&mut ws).await;
+    assert_eq!(frames[0]["error_code"], "authentication_failed");
+    assert_eq!(code, Some(1008));
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{}/ws", r.addr),
+    )
+    .unwrap();
+    req.headers_mut().insert("x-api-key", KEY.parse().unwrap());
+    let mut ws = tokio_tungstenite::connect_async(req).await.unwrap().0;
+    send(&mut ws, json!({"type":"ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_refusal_then_slot_returns() {
+    let r = server(&[
+        "--chat-max-out=8",
+        "--max-concurrent-connections=1",
+        "--ws-handshake-acquire-timeout-s=0.2",
+    ])
+    .await;
+    let mut a = connect(&r).await;
+    send(&mut a, json!({"type":"ping"})).await;
+    recv(&mut a).await;
+    let mut b = connect(&r).await;
+    let (frames, code) = recv_until_close(&mut b).await;
+    assert_eq!(frames[0]["error_code"], "server_at_capacity");
+    assert_eq!(
+        frames[0]["capacity"],
+        json!({"active":1,"max":1,"available":0,"at_capacity":true})
+    );
+    assert_eq!(code, Some(1013));
+    // Drop the first client abruptly; its slot comes back.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = connect(&r).await;
+        send(&mut c, json!({"type":"ping"})).await;
+        match tokio::time::timeout(T, c.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("pong") => break,
+            _ => assert!(Instant::now() < deadline, "slot never returned"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_get_typed_errors_and_connection_survives() {
+    let r = server(&["--chat-max-out=8", "--ws-max-message-bytes=1000"]).await;
+    let mut ws = connect(&r).await;
+    let cases = [
+        ("{nope", "invalid_json"),
+        (r#"{"type":"dance"}"#, "invalid_message"),
+        (
+            r#"{"type":"start","user_utterance":"x"}"#,
+            "invalid_message",
+        ),
+        (
+            r#"{"type":"start","session_id":"s","user_utterance":"x","sampling":{"temperature":9}}"#,
+            "invalid_sampling",
+        ),
+    ];
+    for (text, code) in cases {
+        send_raw(&mut ws, text).await;
+        let f = recv(&mut ws).await;
+        assert_eq!(f["type"], "error");
+        assert_eq!(f["error_code"], code, "{text}");
+    }
+    send_raw(&mut ws, &"x".repeat(5000)).await;
+    assert_eq!(recv(&mut ws).await["error_code"], "message_too_large");
+    ws.send(Message::Binary(vec![1u8, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut ws).await["error_code"], "invalid_message");
+    send(&mut ws, start("after", "still there?", "z")).await;
+    let frames = read_turn(&mut ws).await;
+    assert_eq!(frames.last().unwrap()["type"], "done");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connection_closes_with_4000() {
+    let r = server(&["--chat-max-out=8", "--ws-idle-timeout-s=0.3"]).await;
+    let mut ws = connect(&r).await;
+    let (frames, code) = recv_until_close(&mut ws).await;
+    assert_eq!(
+        frames,
+        vec![json!({"type":"connection_closed","reason":"idle_timeout"})]
+    );
+    assert_eq!(code.map(CloseCode::from), Some(CloseCode::from(4000)));
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_persist_across_reconnects_and_warm_prefills() {
+    let r = server(&["--chat-max-out=8"]).await;
+    let mut ws = connect(&r).await;
+    send(
+        &mut ws,
+        json!({"type":"warm_persona","session_id":"p","chat_prompt":"You are a pirate."}),
+    )
+    .await;
+    send(&mut ws, json!({"type":"ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
+    // Give the prefill a moment, then the first turn finds the persona cached.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&mut ws, start("p", "Ahoy!", "1")).await;
+    let t1 = read_turn(&mut ws).await;
+    assert!(
+        t1.last().unwrap()["usage"]["cached_prompt_tokens"]
+            .as_u64()
+            .unwrap()
+            > 5
+    );
+    drop(ws);
+    let mut ws = connect(&r).await;
+    send(&mut ws, start("p", "Where were we?", "2")).await;
+    let t2 = read_turn(&mut ws).await;
+    assert_eq!(t2[0]["persona_style"], "custom");
+    assert_eq!(t2[0]["history_turns"], 2);
+    r.stop().await;
+}
+
+/// The real default model (Gemma 3 270M): a greedy answer to a factual question is on topic.
+/// Needs the model file: `scripts/test.sh` fetches it and sets `YAP_DEFAULT_MODEL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the default model; run by scripts/test.sh with --include-ignored"]
+async fn default_model_answers_coherently() {
+    let model = std::env::var("YAP_DEFAULT_MODEL")
+        .expect("YAP_DEFAULT_MODEL must point at the default model (scripts/test.sh sets it)");
+    let model_flag = format!("--model={model}");
+    let r = server(&[model_flag.as_str(), "--chat-max-out=60", "--threads=2"]).await;
+    let mut ws = connect(&r).await;
+    send(
+        &mut ws,
+        json!({"type":"start","session_id":"real","user_utterance":"who was Columbus?",
+               "sampling":{"temperature":0.0}}),
+    )
+    .await;
+    let frames = read_turn(&mut ws).await;
+    let done = frames.last().unwrap();
+    assert_eq!(done["type"], "done", "{done}");
+    let text: String = frames
+        .iter()
+        .filter(|f| f["type"] == "token")
+        .map(|f| f["text"].as_str().unwrap().to_owned())
+        .collect();
+    eprintln!("default model: {text:?}");
+    let lower = text.to_lowercase();
+    assert!(text.split_whitespace().count() >= 3, "too short: {text:?}");
+    assert!(
+        [
+            "explorer", "america", "world", "sail", "columbus", "italian", "spain", "1492",
+            "discover"
+        ]
+        .iter()
+        .any(|w| lower.contains(w)),
+        "off-topic answer: {text:?}"
+    );
+    // The reply ended on its own (stop), not at the token limit.
+    assert!(done["usage"]["completion_tokens"].as_u64().unwrap() < 60);
+    r.stop().await;
+}

@@ -1,0 +1,629 @@
+//! Session and turn orchestration.
+//!
+//! A [`Core`] owns the sessions (persona, history) keyed by `session_id`, and runs turns on a
+//! [`ChatEngine`]: it composes the prompt (persona, trimmed history, user utterance), streams
+//! the engine's text as frames into a [`FrameSink`], and guarantees exactly one terminal frame
+//! per turn. Barge-in: a new turn for a session first cancels the running one and waits until it
+//! has sent its `done{cancelled}`.
+
+pub mod history;
+pub mod persona;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use yap_engine::{
+    ChatEngine, ChatMessage, EngineError, EngineEvent, GenerateRequest, Role, SamplingParams,
+};
+use yap_protocol::{ErrorCode, Gender, Sampling, ServerFrame, StartRequest, Usage, UserIdentity};
+
+/// Where a turn's frames go (the connection's outbound queue).
+pub type FrameSink = mpsc::UnboundedSender<ServerFrame>;
+
+/// Budgets and defaults of turn orchestration (see protocol.md for the env names).
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// `CHAT_MAX_LEN`: prompt + reply tokens.
+    pub chat_max_len: usize,
+    /// `CHAT_MAX_OUT`: most reply tokens.
+    pub chat_max_out: u32,
+    /// `CHAT_PROMPT_MAX_TOKENS`: most persona tokens.
+    pub persona_max_tokens: usize,
+    /// `CHAT_HISTORY_MAX_TOKENS`: history trim threshold.
+    pub history_max_tokens: usize,
+    /// `HISTORY_RETENTION_PCT`: % of the threshold kept after a trim.
+    pub history_retention_pct: usize,
+    /// `USER_UTT_MAX_TOKENS`: user utterance tokens kept (from the beginning).
+    pub user_utt_max_tokens: usize,
+    /// Server default sampling.
+    pub default_sampling: SamplingParams,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            chat_max_len: 5525,
+            chat_max_out: 150,
+            persona_max_tokens: 1500,
+            history_max_tokens: 3000,
+            history_retention_pct: 66,
+            user_utt_max_tokens: 500,
+            default_sampling: SamplingParams::default(),
+        }
+    }
+}
+
+/// State kept per `session_id` for the life of the server.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// Persona given as text (`persona_text` / `chat_prompt`), overriding templates.
+    pub persona_text: Option<String>,
+    /// Template persona settings.
+    pub persona_style: Option<String>,
+    /// Assistant gender for templates.
+    pub gender: Option<Gender>,
+    /// User identity for templates.
+    pub user_identity: Option<UserIdentity>,
+    /// Conversation so far (user / assistant messages).
+    pub history: Vec<ChatMessage>,
+}
+
+impl Session {
+    /// The persona prompt in effect.
+    pub fn persona(&self) -> String {
+        self.persona_text.clone().unwrap_or_else(|| {
+            persona::compose(
+                self.persona_style.as_deref(),
+                self.gender,
+                self.user_identity,
+            )
+        })
+    }
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnOutcome {
+    /// Ended with `done` and usage.
+    Completed,
+    /// Ended with `done{cancelled}`.
+    Cancelled,
+    /// Ended with `error`.
+    Failed,
+}
+
+/// A running turn: cancel it, or wait for its terminal frame to be queued.
+#[derive(Debug, Clone)]
+pub struct TurnHandle {
+    id: u64,
+    session_id: String,
+    cancel: CancellationToken,
+    cancel_request_id: Arc<Mutex<Option<String>>>,
+    finished: watch::Receiver<Option<TurnOutcome>>,
+}
+
+impl TurnHandle {
+    /// The session the turn belongs to.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// Asks the turn to stop; its terminal frame becomes `done{cancelled}` carrying
+    /// `request_id` when given (else the turn's own).
+    pub fn cancel(&self, request_id: Option<String>) {
+        if request_id.is_some()
+            && let Ok(mut slot) = self.cancel_request_id.lock()
+        {
+            *slot = request_id;
+        }
+        self.cancel.cancel();
+    }
+
+    /// Whether the turn has queued its terminal frame.
+    pub fn is_finished(&self) -> bool {
+        self.finished.borrow().is_some()
+    }
+
+    /// Waits until the turn has queued its terminal frame.
+    pub async fn wait(&self) -> TurnOutcome {
+        let mut rx = self.finished.clone();
+        loop {
+            if let Some(outcome) = *rx.borrow_and_update() {
+                return outcome;
+            }
+            if rx.changed().await.is_err() {
+                return rx.borrow().unwrap_or(TurnOutcome::Failed);
+            }
+        }
+    }
+
+    /// Cancels and waits.
+    pub async fn cancel_and_wait(&self, request_id: Option<String>) -> TurnOutcome {
+        self.cancel(request_id);
+        self.wait().await
+    }
+}
+
+/// Why a turn could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct TurnError {
+    /// The error code for the client.
+    pub code: ErrorCode,
+    /// Reason.
+    pub message: String,
+}
+
+impl TurnError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<EngineError> for TurnError {
+    fn from(e: EngineError) -> Self {
+        let code = match e {
+            EngineError::ContextOverflow { .. } => ErrorCode::InvalidMessage,
+            EngineError::Template(_) => ErrorCode::InternalError,
+            _ => ErrorCode::EngineUnavailable,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+/// The orchestrator shared by all connections.
+pub struct Core {
+    engine: Arc<dyn ChatEngine>,
+    config: CoreConfig,
+    sessions: Mutex<HashMap<String, Session>>,
+    running: Mutex<HashMap<String, TurnHandle>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+const USER_MARKER: &str = "\u{1}YAP-USER-MARK\u{1}";
+
+impl Core {
+    /// A core over an engine.
+    pub fn new(engine: Arc<dyn ChatEngine>, config: CoreConfig) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<dyn ChatEngine> {
+        &self.engine
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// A copy of a session's state.
+    pub fn session(&self, session_id: &str) -> Option<Session> {
+        self.sessions.lock().ok()?.get(session_id).cloned()
+    }
+
+    /// Number of turns running now.
+    pub fn running_turns(&self) -> usize {
+        self.running.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn with_session<R>(&self, session_id: &str, f: impl FnOnce(&mut Session) -> R) -> R {
+        let mut guard = match self.sessions.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(guard.entry(session_id.to_owned()).or_default())
+    }
+
+    /// Sets a session's persona text (the `chat_prompt` message).
+    pub fn set_persona(&self, session_id: &str, persona: &str) -> Result<(), TurnError> {
+        self.check_persona(persona)?;
+        self.with_session(session_id, |s| s.persona_text = Some(persona.to_owned()));
+        Ok(())
+    }
+
+    fn check_persona(&self, persona: &str) -> Result<(), TurnError> {
+        let n = self.engine.count_tokens(persona);
+        if n > self.config.persona_max_tokens {
+            return Err(TurnError::new(
+                ErrorCode::InvalidMessage,
+                format!(
+                    "persona has {n} tokens; the limit is {} (CHAT_PROMPT_MAX_TOKENS)",
+                    self.config.persona_max_tokens
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Prefills a persona (and the session's history when `with_history`) into the engine's
+    /// cache for `session_id`, generating nothing. Resolves when the prefill is done.
+    pub async fn warm(
+        &self,
+        session_id: &str,
+        persona: Option<&str>,
+        history_text: Option<&str>,
+    ) -> Result<u32, TurnError> {
+        if let Some(p) = persona {
+            self.check_persona(p)?;
+        }
+        let (persona, mut history) = self.with_session(session_id, |s| {
+            if let Some(p) = persona {
+                s.persona_text = Some(p.to_owned());
+            }
+            if let Some(h) = history_text {
+                s.history = history::parse_transcript(h);
+            }
+            (s.persona(), s.history.clone())
+        });
+        self.trim_history(&mut history);
+        let mut messages = vec![ChatMessage::new(Role::System, persona)];
+        messages.extend(history);
+        messages.push(ChatMessage::new(Role::User, USER_MARKER));
+        let rendered = self.engine.render(&normalize(messages))?;
+        let prefix = rendered
+            .find(USER_MARKER)
+            .map_or(rendered.as_str(), |at| &rendered[..at]);
+        let mut stream = self.engine.generate(GenerateRequest {
+            cache_key: session_id.to_owned(),
+            prompt: prefix.to_owned(),
+            sampling: self.config.default_sampling.clone(),
+            max_new_tokens: 0,
+            stop: Vec::new(),
+        })?;
+        while let Some(ev) = stream.next().await {
+            match ev {
+                EngineEvent::Finished { usage, .. } => return Ok(usage.prompt_tokens),
+                EngineEvent::Failed(e) => return Err(e.into()),
+                EngineEvent::Text(_) => {}
+            }
+        }
+        Err(TurnError::new(
+            ErrorCode::EngineUnavailable,
+            "engine dropped the prefill",
+        ))
+    }
+
+    fn trim_history(&self, history: &mut Vec<ChatMessage>) {
+        history::trim(
+            history,
+            |t| self.engine.count_tokens(t),
+            self.config.history_max_tokens,
+            self.config.history_retention_pct,
+        );
+    }
+
+    /// Starts a turn. A running turn of the same session is cancelled first and has queued its
+    /// `done{cancelled}` before this returns. Every frame of the new turn, ending with exactly
+    /// one terminal frame, goes to `sink`.
+    pub async fn start_turn(self: &Arc<Self>, req: StartRequest, sink: FrameSink) -> TurnHandle {
+        let t0 = Instant::now();
+        let previous = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&req.session_id).cloned());
+        if let Some(prev) = previous {
+            prev.cancel_and_wait(None).await;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        let (done_tx, done_rx) = watch::channel(None);
+        let handle = TurnHandle {
+            id,
+            session_id: req.session_id.clone(),
+            cancel: cancel.clone(),
+            cancel_request_id: Arc::new(Mutex::new(None)),
+            finished: done_rx,
+        };
+        if let Ok(mut m) = self.running.lock() {
+            m.insert(req.session_id.clone(), handle.clone());
+        }
+        let core = Arc::clone(self);
+        let task_handle = handle.clone();
+        tokio::spawn(async move {
+            let outcome = core.run_turn(req, &sink, &task_handle, t0).await;
+            if let Ok(mut m) = core.running.lock()
+                && m.get(task_handle.session_id())
+                    .is_some_and(|h| h.id == task_handle.id)
+            {
+                m.remove(task_handle.session_id());
+            }
+            let _ = done_tx.send(Some(outcome));
+        });
+        handle
+    }
+
+    fn prepare(&self, req: &StartRequest) -> Result<(Vec<ChatMessage>, String), TurnError> {
+        if let Some(p) = &req.persona_text {
+            self.check_persona(p)?;
+        }
+        let (persona, mut history) = self.with_session(&req.session_id, |s| {
+            if let Some(p) = &req.persona_text {
+                s.persona_text = Some(p.clone());
+            } else if req.persona_style.is_some()
+                || req.gender.is_some()
+                || req.user_identity.is_some()
+            {
+                s.persona_text = None;
+                if req.persona_style.is_some() {
+                    s.persona_style.clone_from(&req.persona_style);
+                }
+                s.gender = req.gender.or(s.gender);
+                s.user_identity = req.user_identity.or(s.user_identity);
+            }
+            if let Some(h) = &req.history_text {
+                s.history = history::parse_transcript(h);
+            }
+            (s.persona(), s.history.clone())
+        });
+        let utterance = self.engine.truncate_tokens(
+            req.user_utterance.trim(),
+            self.config.user_utt_max_tokens,
+            true,
+        );
+        let before = history.len();
+        self.trim_history(&mut history);
+        let mut dropped = history.len() != before;
+        let budget = self
+            .config
+            .chat_max_len
+            .saturating_sub(self.config.chat_max_out as usize);
+        loop {
+            let mut messages = vec![ChatMessage::new(Role::System, persona.clone())];
+            messages.extend(history.iter().cloned());
+            messages.push(ChatMessage::new(Role::User, utterance.clone()));
+            let prompt = self.engine.render(&normalize(messages))?;
+            let n = self.engine.count_tokens(&prompt);
+            if n <= budget {
+                if dropped {
+                    self.with_session(&req.session_id, |s| s.history.clone_from(&history));
+                }
+                return Ok((vec![ChatMessage::new(Role::User, utterance)], prompt));
+            }
+            if history.is_empty() {
+                return Err(TurnError::new(
+                    ErrorCode::InvalidMessage,
+                    format!(
+                        "prompt of {n} tokens plus {} reply tokens exceeds CHAT_MAX_LEN={}",
+                        self.config.chat_max_out, self.config.chat_max_len
+                    ),
+                ));
+            }
+            let drop = history.len().min(2);
+            history.drain(..drop);
+            dropped = true;
+        }
+    }
+
+    fn sampling_for(&self, s: Option<&Sampling>) -> SamplingParams {
+        let mut p = self.config.default_sampling.clone();
+        if let Some(s) = s {
+            if let Some(v) = s.temperature {
+                p.temperature = v as f32;
+            }
+            if let Some(v) = s.top_p {
+                p.top_p = v as f32;
+            }
+            if let Some(v) = s.top_k {
+                p.top_k = v as i32;
+            }
+            if let Some(v) = s.min_p {
+                p.min_p = v as f32;
+            }
+            if let Some(v) = s.repetition_penalty {
+                p.repetition_penalty = v as f32;
+            }
+            if let Some(v) = s.presence_penalty {
+                p.presence_penalty = v as f32;
+            }
+            if let Some(v) = s.frequency_penalty {
+                p.frequency_penalty = v as f32;
+            }
+        }
+        p
+    }
+
+    async fn run_turn(
+        &self,
+        req: StartRequest,
+        sink: &FrameSink,
+        handle: &TurnHandle,
+        t0: Instant,
+    ) -> TurnOutcome {
+        let cancelled_frame = |h: &TurnHandle, own: &Option<String>| {
+            let rid = h
+                .cancel_request_id
+                .lock()
+                .ok()
+                .and_then(|g| g.clone())
+                .or_else(|| own.clone());
+            ServerFrame::cancelled(rid)
+        };
+        let error_frame = |e: TurnError| ServerFrame::Error {
+            error_code: e.code,
+            message: e.message,
+            request_id: req.request_id.clone(),
+            retry_after_ms: None,
+            capacity: None,
+        };
+        if handle.cancel.is_cancelled() {
+            let _ = sink.send(cancelled_frame(handle, &req.request_id));
+            return TurnOutcome::Cancelled;
+        }
+        let (user_msgs, prompt) = match self.prepare(&req) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = sink.send(error_frame(e));
+                return TurnOutcome::Failed;
+            }
+        };
+        let session = self.session(&req.session_id).unwrap_or_default();
+        let _ = sink.send(ServerFrame::Ack {
+            session_id: req.session_id.clone(),
+            request_id: req.request_id.clone(),
+            persona_style: Some(if session.persona_text.is_some() {
+                "custom".to_owned()
+            } else {
+                persona::normalize_style(session.persona_style.as_deref()).to_owned()
+            }),
+            gender: session.gender.map(|g| match g {
+                Gender::Woman => "woman".to_owned(),
+                Gender::Man => "man".to_owned(),
+            }),
+            persona_tokens: None,
+            history_turns: Some(session.history.len() as u32),
+        });
+        let mut stream = match self.engine.generate(GenerateRequest {
+            cache_key: req.session_id.clone(),
+            prompt,
+            sampling: self.sampling_for(req.sampling.as_ref()),
+            max_new_tokens: self.config.chat_max_out,
+            stop: Vec::new(),
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = sink.send(error_frame(e.into()));
+                return TurnOutcome::Failed;
+            }
+        };
+        let mut reply = String::new();
+        let mut first_token: Option<f64> = None;
+        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                _ = handle.cancel.cancelled() => {
+                    stream.abort();
+                    let _ = sink.send(cancelled_frame(handle, &req.request_id));
+                    break TurnOutcome::Cancelled;
+                }
+                ev = stream.next() => match ev {
+                    Some(EngineEvent::Text(mut text)) => {
+                        if reply.is_empty() {
+                            // Replies start at their first visible character.
+                            text = text.trim_start().to_owned();
+                        }
+                        if text.is_empty() {
+                            continue;
+                        }
+                        if first_token.is_none() {
+                            first_token = Some(ms(t0));
+                        }
+                        reply.push_str(&text);
+                        let _ = sink.send(ServerFrame::Token { text });
+                    }
+                    Some(EngineEvent::Finished { usage, .. }) => {
+                        let ttft = first_token.unwrap_or_else(|| ms(t0));
+                        let _ = sink.send(ServerFrame::Done {
+                            usage: Some(Usage {
+                                prompt_tokens: usage.prompt_tokens,
+                                completion_tokens: usage.completion_tokens,
+                                cached_prompt_tokens: usage.cached_prompt_tokens,
+                                ttfb_ms: ttft,
+                                ttft_ms: ttft,
+                                total_ms: ms(t0),
+                            }),
+                            cancelled: false,
+                            request_id: req.request_id.clone(),
+                        });
+                        break TurnOutcome::Completed;
+                    }
+                    Some(EngineEvent::Failed(e)) => {
+                        warn!(session = %req.session_id, error = %e, "turn failed in the engine");
+                        let _ = sink.send(error_frame(e.into()));
+                        break TurnOutcome::Failed;
+                    }
+                    None => {
+                        let _ = sink.send(error_frame(TurnError::new(
+                            ErrorCode::EngineUnavailable,
+                            "engine stopped during the turn",
+                        )));
+                        break TurnOutcome::Failed;
+                    }
+                }
+            }
+        };
+        if outcome != TurnOutcome::Failed {
+            self.with_session(&req.session_id, |s| {
+                s.history.extend(user_msgs);
+                if !reply.trim().is_empty() {
+                    s.history
+                        .push(ChatMessage::new(Role::Assistant, reply.trim().to_owned()));
+                }
+            });
+        }
+        debug!(session = %req.session_id, ?outcome, chars = reply.len(), "turn ended");
+        outcome
+    }
+}
+
+/// Makes a message list acceptable to strict templates: one leading system message, then
+/// user/assistant alternating starting with user (same-role neighbours are merged).
+pub fn normalize(messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len());
+    for m in messages {
+        if m.role == Role::System && !out.is_empty() {
+            continue;
+        }
+        if m.role == Role::Assistant && out.iter().all(|x| x.role == Role::System) {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if last.role == m.role => {
+                last.content.push('\n');
+                last.content.push_str(&m.content);
+            }
+            _ => out.push(m),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_alternates() {
+        let msgs = vec![
+            ChatMessage::new(Role::System, "p"),
+            ChatMessage::new(Role::Assistant, "orphan"),
+            ChatMessage::new(Role::User, "a"),
+            ChatMessage::new(Role::User, "b"),
+            ChatMessage::new(Role::Assistant, "c"),
+        ];
+        let out = normalize(msgs);
+        assert_eq!(
+            out,
+            vec![
+                ChatMessage::new(Role::System, "p"),
+                ChatMessage::new(Role::User, "a\nb"),
+                ChatMessage::new(Role::Assistant, "c"),
+            ]
+        );
+    }
+}

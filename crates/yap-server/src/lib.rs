@@ -1,0 +1,129 @@
+//! Transport: the axum server. `GET /healthz`, and `GET /ws` speaking the turn protocol of
+//! `protocol.md`. This crate moves frames between sockets and [`yap_core::Core`]; it never
+//! touches a model.
+
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use yap_core::Core;
+
+/// Transport settings (env names from protocol.md).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `TEXT_API_KEY`.
+    pub api_key: String,
+    /// `MAX_CONCURRENT_CONNECTIONS`.
+    pub max_connections: usize,
+    /// `WS_HANDSHAKE_ACQUIRE_TIMEOUT_S`.
+    pub acquire_timeout: Duration,
+    /// `WS_IDLE_TIMEOUT_S`.
+    pub idle_timeout: Duration,
+    /// `WS_CLOSE_IDLE_CODE`.
+    pub idle_close_code: u16,
+    /// `WS_MAX_MESSAGE_BYTES`.
+    pub max_message_bytes: usize,
+    /// `WS_ALLOWED_ORIGINS` (empty = any).
+    pub allowed_origins: Vec<String>,
+}
+
+impl ServerConfig {
+    /// Defaults from protocol.md with the given key and connection limit.
+    pub fn new(api_key: impl Into<String>, max_connections: usize) -> Self {
+        Self {
+            api_key: api_key.into(),
+            max_connections,
+            acquire_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(150),
+            idle_close_code: yap_protocol::close_code::IDLE,
+            max_message_bytes: 65536,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Shared state of the server.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    core: Arc<Core>,
+    config: Arc<ServerConfig>,
+    slots: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// State over a core.
+    pub fn new(core: Arc<Core>, config: ServerConfig) -> Self {
+        let slots = Arc::new(Semaphore::new(config.max_connections));
+        Self {
+            core,
+            config: Arc::new(config),
+            slots,
+        }
+    }
+
+    /// Connections holding a slot now.
+    pub fn active_connections(&self) -> usize {
+        self.config.max_connections - self.slots.available_permits()
+    }
+}
+
+/// The axum router with every endpoint.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/ws", get(ws::handler))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let info = state.core.engine().info();
+    let ready = state.core.engine().is_ready();
+    let stats = state.core.engine().stats();
+    let body = json!({
+        "status": if ready { "ok" } else { "unavailable" },
+        "engine": info.kind,
+        "model": info.model,
+        "connections": {
+            "active": state.active_connections(),
+            "max": state.config.max_connections,
+        },
+        "running_turns": state.core.running_turns(),
+        "engine_stats": {
+            "steps": stats.steps,
+            "peak_batch_sequences": stats.peak_batch_sequences,
+            "generations": stats.generations,
+            "cached_prompt_tokens": stats.cached_prompt_tokens,
+        },
+        "reason": if ready { None } else { Some("chat engine is not running") },
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body))
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
