@@ -195,6 +195,28 @@ async fn second_turn_reuses_cached_prefix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_session_shares_the_persona_prefix_of_another() {
+    let r = server(&["--chat-max-out=8"]).await;
+    let mut ws = connect(&r).await;
+    let persona = "You are a cheerful pirate who loves the sea and tells tall tales of treasure.";
+    let mut first = start("crew-1", "Ahoy, captain!", "1");
+    first["persona_text"] = json!(persona);
+    send(&mut ws, first).await;
+    let u1 = read_turn(&mut ws).await.last().unwrap()["usage"].clone();
+    assert_eq!(u1["cached_prompt_tokens"], 0);
+    let mut second = start("crew-2", "Where is the gold?", "2");
+    second["persona_text"] = json!(persona);
+    send(&mut ws, second).await;
+    let u2 = read_turn(&mut ws).await.last().unwrap()["usage"].clone();
+    let cached = u2["cached_prompt_tokens"].as_u64().unwrap();
+    assert!(cached >= 16, "a fresh session reused no prefix: {u2}");
+    assert!(cached < u2["prompt_tokens"].as_u64().unwrap());
+    let stats = &healthz(&r).await["engine_stats"];
+    assert_eq!(stats["shared_prefix_tokens"].as_u64().unwrap(), cached);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn barge_in_cancels_running_turn_before_the_new_one_streams() {
     let r = server(&["--chat-max-out=4000"]).await;
     let mut ws = connect(&r).await;

@@ -266,6 +266,8 @@ pub struct EngineStats {
     pub generations: u64,
     /// Prompt tokens served from the prefix cache, summed.
     pub cached_prompt_tokens: u64,
+    /// Of those, tokens shared from another session's cache (same persona prefix).
+    pub shared_prefix_tokens: u64,
 }
 
 /// A chat model engine: the only way turn orchestration reaches a model.

@@ -105,6 +105,7 @@ enum Command {
 #[derive(Debug, Default)]
 struct Counters {
     steps: AtomicU64,
+    shared_prefix_tokens: AtomicU64,
     peak_batch_sequences: AtomicU64,
     generations: AtomicU64,
     cached_prompt_tokens: AtomicU64,
@@ -332,6 +333,7 @@ impl ChatEngine for LlamaEngine {
             peak_batch_sequences: c.peak_batch_sequences.load(Ordering::Relaxed),
             generations: c.generations.load(Ordering::Relaxed),
             cached_prompt_tokens: c.cached_prompt_tokens.load(Ordering::Relaxed),
+            shared_prefix_tokens: c.shared_prefix_tokens.load(Ordering::Relaxed),
         }
     }
 }
@@ -458,6 +460,9 @@ fn decode_thread(
     }
     debug!("decode thread stopped");
 }
+
+/// Shortest prefix worth sharing from another session instead of prefilling it.
+const MIN_SHARED_PREFIX: usize = 16;
 
 fn lcp(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
@@ -601,20 +606,55 @@ impl Scheduler<'_> {
         };
         // Reuse the longest common prefix; at least one prompt token is fed again so the
         // model produces logits for the first sampled token.
-        let mut keep = lcp(&self.slots[slot].tokens, &job.tokens);
-        if keep == job.tokens.len() && job.max_new > 0 {
-            keep -= 1;
-        }
-        if keep < self.slots[slot].tokens.len() {
-            let ok = self
-                .ctx
-                .clear_kv_cache_seq(Some(slot as u32), Some(keep as u32), None)
-                .unwrap_or(false);
-            if !ok {
+        let cap = if job.max_new > 0 {
+            job.tokens.len() - 1
+        } else {
+            job.tokens.len()
+        };
+        let mut keep = lcp(&self.slots[slot].tokens, &job.tokens).min(cap);
+        // Another session may hold a longer common prefix (the same persona, say): share its
+        // KV cells (a unified cache tags cells with several sequence ids; nothing is copied).
+        let donor = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i != slot && s.key.is_some())
+            .map(|(i, s)| (i, lcp(&s.tokens, &job.tokens).min(cap)))
+            .max_by_key(|(_, n)| *n);
+        match donor {
+            Some((src, shared)) if shared > keep + MIN_SHARED_PREFIX => {
                 let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
-                keep = 0;
+                let copied = self.ctx.copy_kv_cache_seq(
+                    src as i32,
+                    slot as i32,
+                    Some(0),
+                    Some(shared as u32),
+                );
+                if copied.is_ok() {
+                    let prefix = self.slots[src].tokens[..shared].to_vec();
+                    self.slots[slot].tokens = prefix;
+                    keep = shared;
+                    self.counters
+                        .shared_prefix_tokens
+                        .fetch_add(shared as u64, Ordering::Relaxed);
+                } else {
+                    self.slots[slot].tokens.clear();
+                    keep = 0;
+                }
             }
-            self.slots[slot].tokens.truncate(keep);
+            _ => {
+                if keep < self.slots[slot].tokens.len() {
+                    let ok = self
+                        .ctx
+                        .clear_kv_cache_seq(Some(slot as u32), Some(keep as u32), None)
+                        .unwrap_or(false);
+                    if !ok {
+                        let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
+                        keep = 0;
+                    }
+                    self.slots[slot].tokens.truncate(keep);
+                }
+            }
         }
         // Make room in the KV cache by evicting idle sessions, oldest first.
         let needed = (job.tokens.len() - keep) + job.max_new as usize;

@@ -103,6 +103,7 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
             "peak_batch_sequences": stats.peak_batch_sequences,
             "generations": stats.generations,
             "cached_prompt_tokens": stats.cached_prompt_tokens,
+            "shared_prefix_tokens": stats.shared_prefix_tokens,
         },
         "reason": if ready { None } else { Some("chat engine is not running") },
     });
