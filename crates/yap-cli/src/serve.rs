@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// Embedded engine: layers on the GPU (needs a `cuda` build).
     #[arg(long, env = "EMBEDDED_GPU_LAYERS", default_value_t = 0)]
     pub gpu_layers: u32,
+    /// Sanitizer also spells numbers and symbols (`50%` → `fifty percent`).
+    #[arg(long, env = "SANITIZE_VERBALIZE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub sanitize_verbalize: bool,
     /// Default sampling temperature.
     #[arg(long, env = "CHAT_TEMPERATURE", default_value_t = 0.7)]
     pub temperature: f32,
@@ -161,6 +164,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         ..CoreConfig::default()
     };
     core_config.default_sampling.temperature = args.temperature;
+    core_config.verbalize = args.sanitize_verbalize;
     let dyn_engine: Arc<dyn ChatEngine> = engine.clone();
     let core = Core::new(dyn_engine, core_config);
     let mut server = ServerConfig::new(api_key, max_conn);

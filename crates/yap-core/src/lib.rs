@@ -8,6 +8,7 @@
 
 pub mod history;
 pub mod persona;
+pub mod sanitize;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,8 @@ pub struct CoreConfig {
     pub user_utt_max_tokens: usize,
     /// Server default sampling.
     pub default_sampling: SamplingParams,
+    /// `SANITIZE_VERBALIZE`: the sanitizer also spells numbers and symbols for speech.
+    pub verbalize: bool,
 }
 
 impl Default for CoreConfig {
@@ -54,6 +57,7 @@ impl Default for CoreConfig {
             history_retention_pct: 66,
             user_utt_max_tokens: 500,
             default_sampling: SamplingParams::default(),
+            verbalize: false,
         }
     }
 }
@@ -512,6 +516,12 @@ impl Core {
         };
         let mut reply = String::new();
         let mut first_token: Option<f64> = None;
+        let sanitize_on = req
+            .sampling
+            .as_ref()
+            .and_then(|s| s.sanitize_output)
+            .unwrap_or(true);
+        let mut sanitizer = sanitize_on.then(|| sanitize::Sanitizer::new(self.config.verbalize));
         let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
         let outcome = loop {
             tokio::select! {
@@ -522,11 +532,11 @@ impl Core {
                     break TurnOutcome::Cancelled;
                 }
                 ev = stream.next() => match ev {
-                    Some(EngineEvent::Text(mut text)) => {
-                        if reply.is_empty() {
-                            // Replies start at their first visible character.
-                            text = text.trim_start().to_owned();
-                        }
+                    Some(EngineEvent::Text(raw)) => {
+                        let text = match sanitizer.as_mut() {
+                            Some(s) => s.push(&raw),
+                            None => raw,
+                        };
                         if text.is_empty() {
                             continue;
                         }
@@ -537,6 +547,15 @@ impl Core {
                         let _ = sink.send(ServerFrame::Token { text });
                     }
                     Some(EngineEvent::Finished { usage, .. }) => {
+                        if let Some(tail) = sanitizer.as_mut().map(sanitize::Sanitizer::finish)
+                            && !tail.is_empty()
+                        {
+                            if first_token.is_none() {
+                                first_token = Some(ms(t0));
+                            }
+                            reply.push_str(&tail);
+                            let _ = sink.send(ServerFrame::Token { text: tail });
+                        }
                         let ttft = first_token.unwrap_or_else(|| ms(t0));
                         let _ = sink.send(ServerFrame::Done {
                             usage: Some(Usage {
