@@ -238,10 +238,12 @@ struct LevelResult {
 }
 
 async fn bench_worker(args: BenchArgs, worker: usize, turns: usize) -> Result<LevelResult> {
-    let mut ws = connect(&args.client).await?;
     let timeout = Duration::from_secs_f64(args.client.recv_timeout_sec);
     let mut r = LevelResult::default();
     for i in 0..turns {
+        // A fresh connection per turn (outside the timing) stays clear of per-connection
+        // message limits.
+        let mut ws = connect(&args.client).await?;
         let session = format!("bench-{}-{worker}-{i}", rand::random::<u32>());
         let start = args.client.start_message(&session, &args.text, None);
         let m = run_turn(&mut ws, &start, timeout, |_| {}).await?;
@@ -257,15 +259,16 @@ async fn bench_worker(args: BenchArgs, worker: usize, turns: usize) -> Result<Le
             }
             _ => r.errors += 1,
         }
+        let _ = ws.send(Message::Text("__END__".into())).await;
     }
     Ok(r)
 }
 
 async fn cancel_worker(args: BenchArgs, worker: usize, count: usize) -> Result<Vec<f64>> {
-    let mut ws = connect(&args.client).await?;
     let timeout = Duration::from_secs_f64(args.client.recv_timeout_sec);
     let mut out = Vec::new();
     for i in 0..count {
+        let mut ws = connect(&args.client).await?;
         let session = format!("cancel-{}-{worker}-{i}", rand::random::<u32>());
         let start = args.client.start_message(&session, &args.text, None);
         ws.send(Message::Text(start.to_string().into())).await?;
@@ -297,6 +300,7 @@ async fn cancel_worker(args: BenchArgs, worker: usize, count: usize) -> Result<V
                 break;
             }
         }
+        let _ = ws.send(Message::Text("__END__".into())).await;
     }
     Ok(out)
 }

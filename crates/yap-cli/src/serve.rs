@@ -69,6 +69,34 @@ pub struct ServeArgs {
     /// Comma-separated allowed browser origins (empty = any).
     #[arg(long, env = "WS_ALLOWED_ORIGINS", default_value = "")]
     pub ws_allowed_origins: String,
+    /// General messages per connection per window (0 disables).
+    #[arg(long, env = "WS_MAX_MESSAGES_PER_WINDOW", default_value_t = 20)]
+    pub ws_max_messages_per_window: usize,
+    /// Window of the message limit, seconds.
+    #[arg(long, env = "WS_MESSAGE_WINDOW_SECONDS", default_value_t = 60.0)]
+    pub ws_message_window_seconds: f64,
+    /// Cancels per connection per window (0 disables).
+    #[arg(long, env = "WS_MAX_CANCELS_PER_WINDOW", default_value_t = 20)]
+    pub ws_max_cancels_per_window: usize,
+    /// Window of the cancel limit, seconds.
+    #[arg(long, env = "WS_CANCEL_WINDOW_SECONDS", default_value_t = 60.0)]
+    pub ws_cancel_window_seconds: f64,
+    /// Failed authentications per client address per window (0 disables).
+    #[arg(long, env = "WS_MAX_AUTH_FAILURES_PER_WINDOW", default_value_t = 10)]
+    pub ws_max_auth_failures_per_window: usize,
+    /// Window of the authentication-failure limit, seconds.
+    #[arg(long, env = "WS_AUTH_FAILURE_WINDOW_SECONDS", default_value_t = 60.0)]
+    pub ws_auth_failure_window_seconds: f64,
+    /// Persona updates (`chat_prompt`) per session per window (0 disables).
+    #[arg(long, env = "CHAT_PROMPT_UPDATE_MAX_PER_WINDOW", default_value_t = 4)]
+    pub chat_prompt_update_max_per_window: usize,
+    /// Window of the persona-update limit, seconds.
+    #[arg(
+        long,
+        env = "CHAT_PROMPT_UPDATE_WINDOW_SECONDS",
+        default_value_t = 60.0
+    )]
+    pub chat_prompt_update_window_seconds: f64,
     /// Embedded engine: KV cache cells shared by all sessions.
     #[arg(long, env = "EMBEDDED_KV_TOKENS", default_value_t = 32768)]
     pub kv_tokens: u32,
@@ -172,6 +200,23 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     server.idle_timeout = Duration::from_secs_f64(args.ws_idle_timeout_s.max(0.001));
     server.idle_close_code = args.ws_close_idle_code;
     server.max_message_bytes = args.ws_max_message_bytes;
+    let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+    server.messages_per_window = (
+        args.ws_max_messages_per_window,
+        secs(args.ws_message_window_seconds),
+    );
+    server.cancels_per_window = (
+        args.ws_max_cancels_per_window,
+        secs(args.ws_cancel_window_seconds),
+    );
+    server.auth_failures_per_window = (
+        args.ws_max_auth_failures_per_window,
+        secs(args.ws_auth_failure_window_seconds),
+    );
+    server.persona_updates_per_window = (
+        args.chat_prompt_update_max_per_window,
+        secs(args.chat_prompt_update_window_seconds),
+    );
     server.allowed_origins = args
         .ws_allowed_origins
         .split(',')

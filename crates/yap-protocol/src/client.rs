@@ -498,3 +498,90 @@ mod tests {
         s.validate().unwrap();
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "\\PC{0,24}".prop_map(Value::String),
+            prop_oneof![
+                Just("start"),
+                Just("cancel"),
+                Just("end"),
+                Just("ping"),
+                Just("pong"),
+                Just("warm_persona"),
+                Just("warm_history"),
+                Just("chat_prompt"),
+                Just("woman"),
+                Just("non-binary"),
+                Just("__CANCEL__")
+            ]
+            .prop_map(|s| Value::String(s.to_owned())),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("type"),
+                            Just("session_id"),
+                            Just("user_utterance"),
+                            Just("sampling"),
+                            Just("temperature"),
+                            Just("top_k"),
+                            Just("gender"),
+                            Just("request_id"),
+                            Just("cancel"),
+                            Just("chat_prompt"),
+                            Just("history_text"),
+                            Just("persona_style"),
+                            Just("user_identity"),
+                            Just("sanitize_output"),
+                            Just("x")
+                        ],
+                        inner
+                    ),
+                    0..7
+                )
+                .prop_map(|kv| Value::Object(
+                    kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                )),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5000))]
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = parse_client_message(&text);
+        }
+
+        #[test]
+        fn arbitrary_json_gets_a_message_or_a_typed_error(v in json_value()) {
+            match parse_client_message(&v.to_string()) {
+                Ok(ClientMessage::Start(s)) => {
+                    prop_assert!(!s.session_id.trim().is_empty());
+                    if let Some(sampling) = &s.sampling {
+                        prop_assert!(sampling.validate().is_ok());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => prop_assert!(matches!(
+                    e.code,
+                    ErrorCode::InvalidJson | ErrorCode::InvalidMessage | ErrorCode::InvalidSampling
+                )),
+            }
+        }
+    }
+}

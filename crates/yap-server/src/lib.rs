@@ -2,10 +2,11 @@
 //! `protocol.md`. This crate moves frames between sockets and [`yap_core::Core`]; it never
 //! touches a model.
 
+pub mod limits;
 mod ws;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -35,6 +36,14 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// `WS_ALLOWED_ORIGINS` (empty = any).
     pub allowed_origins: Vec<String>,
+    /// `WS_MAX_MESSAGES_PER_WINDOW` / `WS_MESSAGE_WINDOW_SECONDS` (0 disables).
+    pub messages_per_window: (usize, Duration),
+    /// `WS_MAX_CANCELS_PER_WINDOW` / `WS_CANCEL_WINDOW_SECONDS`.
+    pub cancels_per_window: (usize, Duration),
+    /// `WS_MAX_AUTH_FAILURES_PER_WINDOW` / `WS_AUTH_FAILURE_WINDOW_SECONDS`, per client address.
+    pub auth_failures_per_window: (usize, Duration),
+    /// `CHAT_PROMPT_UPDATE_MAX_PER_WINDOW` / `CHAT_PROMPT_UPDATE_WINDOW_SECONDS`, per session.
+    pub persona_updates_per_window: (usize, Duration),
 }
 
 impl ServerConfig {
@@ -48,6 +57,10 @@ impl ServerConfig {
             idle_close_code: yap_protocol::close_code::IDLE,
             max_message_bytes: 65536,
             allowed_origins: Vec::new(),
+            messages_per_window: (20, Duration::from_secs(60)),
+            cancels_per_window: (20, Duration::from_secs(60)),
+            auth_failures_per_window: (10, Duration::from_secs(60)),
+            persona_updates_per_window: (4, Duration::from_secs(60)),
         }
     }
 }
@@ -58,16 +71,22 @@ pub struct AppState {
     core: Arc<Core>,
     config: Arc<ServerConfig>,
     slots: Arc<Semaphore>,
+    auth_failures: Arc<Mutex<limits::KeyedWindows>>,
+    persona_updates: Arc<Mutex<limits::KeyedWindows>>,
 }
 
 impl AppState {
     /// State over a core.
     pub fn new(core: Arc<Core>, config: ServerConfig) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_connections));
+        let (af, afw) = config.auth_failures_per_window;
+        let (pu, puw) = config.persona_updates_per_window;
         Self {
             core,
             config: Arc::new(config),
             slots,
+            auth_failures: Arc::new(Mutex::new(limits::KeyedWindows::new(af, afw))),
+            persona_updates: Arc::new(Mutex::new(limits::KeyedWindows::new(pu, puw))),
         }
     }
 

@@ -1,10 +1,12 @@
 //! The `/ws` endpoint: authentication, admission, and the per-connection message loop.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
@@ -17,14 +19,33 @@ use yap_protocol::{
 };
 
 use crate::AppState;
+use crate::limits::SlidingWindow;
+
+fn rate_limited(what: &str, wait: Duration) -> ServerFrame {
+    ServerFrame::Error {
+        error_code: ErrorCode::RateLimited,
+        message: format!("too many {what}; retry later"),
+        request_id: None,
+        retry_after_ms: Some(wait.as_millis().max(1) as u64),
+        capacity: None,
+    }
+}
 
 /// Upgrades every request; refusals (auth, capacity, origin) are sent as frames + close codes.
 pub(crate) async fn handler(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    let ip = peer.ip().to_string();
+    let now = Instant::now();
+    let auth_blocked = state
+        .auth_failures
+        .lock()
+        .ok()
+        .and_then(|mut l| l.blocked_for(&ip, now));
     let presented = query.get("api_key").cloned().or_else(|| {
         headers
             .get("x-api-key")
@@ -33,6 +54,12 @@ pub(crate) async fn handler(
     });
     let authorized =
         presented.is_some_and(|k| bool::from(k.as_bytes().ct_eq(state.config.api_key.as_bytes())));
+    if !authorized
+        && auth_blocked.is_none()
+        && let Ok(mut l) = state.auth_failures.lock()
+    {
+        l.record(&ip, now);
+    }
     let origin_ok = origin_allowed(&state, &headers);
     // Leave headroom above the protocol limit so an oversized frame is read and answered with
     // `message_too_large` instead of killing the connection.
@@ -44,7 +71,14 @@ pub(crate) async fn handler(
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
         .on_upgrade(move |socket| async move {
-            if !origin_ok {
+            if let Some(wait) = auth_blocked {
+                refuse(
+                    socket,
+                    rate_limited("failed authentications from this address", wait),
+                    close_code::POLICY_VIOLATION,
+                )
+                .await;
+            } else if !origin_ok {
                 refuse(
                     socket,
                     ServerFrame::error(ErrorCode::AuthenticationFailed, "origin not allowed"),
@@ -127,6 +161,8 @@ enum Exit {
 }
 
 struct Conn {
+    messages: SlidingWindow,
+    cancels: SlidingWindow,
     state: AppState,
     sink: FrameSink,
     turn: Option<TurnHandle>,
@@ -166,7 +202,11 @@ async fn connection(socket: WebSocket, state: AppState, permit: OwnedSemaphorePe
             }
         }
     });
+    let (mm, mw) = state.config.messages_per_window;
+    let (cm, cw) = state.config.cancels_per_window;
     let mut conn = Conn {
+        messages: SlidingWindow::new(mm, mw),
+        cancels: SlidingWindow::new(cm, cw),
         state: state.clone(),
         sink: frames_tx,
         turn: None,
@@ -192,10 +232,16 @@ async fn connection(socket: WebSocket, state: AppState, permit: OwnedSemaphorePe
                     break exit;
                 }
             }
-            Message::Binary(_) => conn.send(ServerFrame::error(
-                ErrorCode::InvalidMessage,
-                "binary frames are not supported; send JSON text frames",
-            )),
+            Message::Binary(_) => {
+                if let Err(wait) = conn.messages.try_acquire(Instant::now()) {
+                    conn.send(rate_limited("messages", wait));
+                } else {
+                    conn.send(ServerFrame::error(
+                        ErrorCode::InvalidMessage,
+                        "binary frames are not supported; send JSON text frames",
+                    ));
+                }
+            }
             Message::Ping(_) | Message::Pong(_) => {}
             Message::Close(_) => break Exit::Gone,
         }
@@ -232,7 +278,26 @@ impl Conn {
 
     async fn on_text(&mut self, text: &str) -> Option<Exit> {
         let limit = self.state.config.max_message_bytes;
-        if limit > 0 && text.len() > limit {
+        let parsed = if limit > 0 && text.len() > limit {
+            None
+        } else {
+            Some(parse_client_message(text))
+        };
+        // Cancels have their own window; keep-alives are free; everything else, malformed
+        // input included, counts as a message.
+        let now = Instant::now();
+        let gate = match &parsed {
+            Some(Ok(ClientMessage::Ping | ClientMessage::Pong | ClientMessage::End)) => Ok(()),
+            Some(Ok(ClientMessage::Cancel { .. })) => {
+                self.cancels.try_acquire(now).map_err(|w| ("cancels", w))
+            }
+            _ => self.messages.try_acquire(now).map_err(|w| ("messages", w)),
+        };
+        if let Err((what, wait)) = gate {
+            self.send(rate_limited(what, wait));
+            return None;
+        }
+        let Some(parsed) = parsed else {
             self.error(
                 ErrorCode::MessageTooLarge,
                 format!(
@@ -241,8 +306,8 @@ impl Conn {
                 ),
             );
             return None;
-        }
-        let msg = match parse_client_message(text) {
+        };
+        let msg = match parsed {
             Ok(m) => m,
             Err(e) => {
                 self.error(e.code, e.message);
@@ -298,7 +363,15 @@ impl Conn {
                 session_id,
                 chat_prompt,
             } => {
-                if let Err(e) = self.state.core.set_persona(&session_id, &chat_prompt) {
+                let limited = self
+                    .state
+                    .persona_updates
+                    .lock()
+                    .ok()
+                    .and_then(|mut l| l.try_acquire(&session_id, Instant::now()).err());
+                if let Some(wait) = limited {
+                    self.send(rate_limited("persona updates for this session", wait));
+                } else if let Err(e) = self.state.core.set_persona(&session_id, &chat_prompt) {
                     self.error(e.code, e.message);
                 }
             }
