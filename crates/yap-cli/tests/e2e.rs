@@ -404,3 +404,91 @@ async fn default_model_answers_coherently() {
     assert!(done["usage"]["completion_tokens"].as_u64().unwrap() < 60);
     r.stop().await;
 }
+
+fn usage_of(frames: &[Value]) -> (u64, u64) {
+    let u = &frames.last().unwrap()["usage"];
+    (
+        u["cached_prompt_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persona_swap_reprefills_only_from_the_change_and_history_is_reused() {
+    let r = server(&["--chat-max-out=8"]).await;
+    let mut ws = connect(&r).await;
+    let alpha = "You speak softly and kindly to everyone you meet. Alpha.";
+    let beta = "You speak softly and kindly to everyone you meet. Beta.";
+    let mut s1 = start("swap", "Hello there.", "1");
+    s1["persona_text"] = json!(alpha);
+    send(&mut ws, s1).await;
+    let (_, p1) = usage_of(&read_turn(&mut ws).await);
+    // Same persona, same history: everything before the new user turn is reused.
+    send(&mut ws, start("swap", "How are you?", "2")).await;
+    let (c2, p2) = usage_of(&read_turn(&mut ws).await);
+    assert!(
+        c2 >= p1 - 1 && c2 < p2,
+        "history not reused: {c2}/{p2} after {p1}"
+    );
+    // Persona swap: the shared words before the change stay cached, the rest is prefilled.
+    send(
+        &mut ws,
+        json!({"type":"chat_prompt","session_id":"swap","chat_prompt":beta}),
+    )
+    .await;
+    send(&mut ws, start("swap", "Still there?", "3")).await;
+    let t3 = read_turn(&mut ws).await;
+    let (c3, p3) = usage_of(&t3);
+    assert_eq!(t3[0]["persona_style"], "custom");
+    assert!(
+        c3 >= 8,
+        "the unchanged start of the persona was prefilled again: {c3}"
+    );
+    assert!(
+        c3 < c2,
+        "a changed persona cannot keep the old history cached: {c3} vs {c2}"
+    );
+    assert!(c3 < p3);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_trimmed_in_chunks_and_utterances_are_cut() {
+    let r = server(&[
+        "--chat-max-out=8",
+        "--chat-history-max-tokens=300",
+        "--history-retention-pct=50",
+        "--user-utt-max-tokens=20",
+    ])
+    .await;
+    let mut ws = connect(&r).await;
+    let transcript: String = (0..30)
+        .map(|i| format!("User: question number {i} about the weather\nAssistant: answer number {i} about the sun\n"))
+        .collect();
+    let mut s = start("trim", &"very long words ".repeat(200), "1");
+    s["history_text"] = json!(transcript);
+    send(&mut ws, s).await;
+    let t1 = read_turn(&mut ws).await;
+    let kept = t1[0]["history_turns"].as_u64().unwrap();
+    assert!(kept > 0 && kept < 60, "history was not trimmed: {kept}");
+    assert_eq!(
+        kept % 2,
+        0,
+        "trimming keeps whole exchanges starting with a user turn"
+    );
+    let (_, prompt) = usage_of(&t1);
+    // persona + ≤ 300 history tokens + ≤ 20 utterance tokens + template
+    assert!(
+        prompt < 700,
+        "prompt of {prompt} tokens: utterance or history not cut"
+    );
+    // The next turn keeps the trimmed history byte-stable: its prefix is reused.
+    send(&mut ws, start("trim", "and tomorrow?", "2")).await;
+    let t2 = read_turn(&mut ws).await;
+    let (cached, _) = usage_of(&t2);
+    assert!(
+        cached >= prompt - 1,
+        "trimmed history not reused: {cached} of {prompt}"
+    );
+    r.stop().await;
+}

@@ -40,6 +40,24 @@ pub fn parse_transcript(text: &str) -> Vec<ChatMessage> {
     out
 }
 
+/// Merges a client transcript with the history the server kept for the session: when one is a
+/// prefix of the other (the client sent a stale or a fuller copy of the same conversation) the
+/// longer one wins; when they diverge, the client's transcript is taken as the truth.
+pub fn merge(server: &[ChatMessage], client: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    let same =
+        |a: &ChatMessage, b: &ChatMessage| a.role == b.role && a.content.trim() == b.content.trim();
+    let common = server
+        .iter()
+        .zip(&client)
+        .take_while(|(a, b)| same(a, b))
+        .count();
+    if common == client.len() && server.len() >= client.len() {
+        server.to_vec()
+    } else {
+        client
+    }
+}
+
 /// Trims history from the oldest end: when its tokens exceed `max_tokens`, drops whole oldest
 /// messages until at most `retention_pct`% of `max_tokens` remain. Trimming in such chunks keeps
 /// the kept history byte-stable for many turns, so the engine's prefix cache stays valid.
@@ -85,6 +103,21 @@ mod tests {
             ChatMessage::new(Role::Assistant, "hey!\nhow are you?")
         );
         assert_eq!(h[2], ChatMessage::new(Role::User, "fine\nreally"));
+    }
+
+    #[test]
+    fn merge_keeps_the_fuller_copy() {
+        let u = |t: &str| ChatMessage::new(Role::User, t);
+        let a = |t: &str| ChatMessage::new(Role::Assistant, t);
+        let server = vec![u("hi"), a("hello"), u("how are you"), a("good")];
+        // stale client copy: server wins
+        assert_eq!(merge(&server, vec![u("hi"), a("hello ")]), server);
+        // fuller client copy: client wins
+        let fuller = [server.clone(), vec![u("more")]].concat();
+        assert_eq!(merge(&server, fuller.clone()), fuller);
+        // diverged: client wins
+        assert_eq!(merge(&server, vec![u("other")]), vec![u("other")]);
+        assert_eq!(merge(&[], vec![u("x")]), vec![u("x")]);
     }
 
     #[test]

@@ -279,7 +279,7 @@ impl Core {
                 s.persona_text = Some(p.to_owned());
             }
             if let Some(h) = history_text {
-                s.history = history::parse_transcript(h);
+                s.history = history::merge(&s.history, history::parse_transcript(h));
             }
             (s.persona(), s.history.clone())
         });
@@ -380,7 +380,7 @@ impl Core {
                 s.user_identity = req.user_identity.or(s.user_identity);
             }
             if let Some(h) = &req.history_text {
-                s.history = history::parse_transcript(h);
+                s.history = history::merge(&s.history, history::parse_transcript(h));
             }
             (s.persona(), s.history.clone())
         });
