@@ -10,3 +10,4 @@ cargo build --release
 YAP_DEFAULT_MODEL="$(./target/release/yap fetch-model)"
 export YAP_DEFAULT_MODEL
 cargo test --release --workspace -- --include-ignored
+./scripts/openai-compat.sh

@@ -600,6 +600,75 @@ impl Core {
     }
 }
 
+/// Settings of a one-off completion (the OpenAI-compatible API).
+#[derive(Debug, Clone)]
+pub struct CompletionParams {
+    /// Sampling.
+    pub sampling: SamplingParams,
+    /// Most new tokens; `None` = `CHAT_MAX_OUT`.
+    pub max_tokens: Option<u32>,
+    /// Stop strings.
+    pub stop: Vec<String>,
+}
+
+impl Core {
+    /// Starts a completion of raw prompt text (no template). Prefixes already in the engine's
+    /// cache (any session's) are reused.
+    pub fn complete_text(
+        &self,
+        prompt: String,
+        params: CompletionParams,
+    ) -> Result<yap_engine::GenerationStream, TurnError> {
+        if prompt.is_empty() {
+            return Err(TurnError::new(
+                ErrorCode::InvalidMessage,
+                "prompt must not be empty",
+            ));
+        }
+        let prompt_tokens = self.engine.count_tokens(&prompt);
+        let room = self.config.chat_max_len.saturating_sub(prompt_tokens);
+        let max_new = params.max_tokens.unwrap_or(self.config.chat_max_out) as usize;
+        if max_new == 0 || max_new > room {
+            return Err(TurnError::new(
+                ErrorCode::InvalidMessage,
+                format!(
+                    "prompt of {prompt_tokens} tokens plus max_tokens={max_new} exceeds the context of {} tokens (CHAT_MAX_LEN)",
+                    self.config.chat_max_len
+                ),
+            ));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Ok(self.engine.generate(GenerateRequest {
+            cache_key: format!("api:{id}"),
+            prompt,
+            sampling: params.sampling,
+            max_new_tokens: max_new as u32,
+            stop: params.stop,
+        })?)
+    }
+
+    /// Starts a chat completion: messages rendered with the model's template.
+    pub fn complete_chat(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: CompletionParams,
+    ) -> Result<yap_engine::GenerationStream, TurnError> {
+        if !messages.iter().any(|m| m.role == Role::User) {
+            return Err(TurnError::new(
+                ErrorCode::InvalidMessage,
+                "messages must contain at least one user message",
+            ));
+        }
+        let prompt = self.engine.render(&normalize(messages))?;
+        self.complete_text(prompt, params)
+    }
+
+    /// The model name the engine serves.
+    pub fn model_name(&self) -> String {
+        self.engine.info().model
+    }
+}
+
 /// Makes a message list acceptable to strict templates: one leading system message, then
 /// user/assistant alternating starting with user (same-role neighbours are merged).
 pub fn normalize(messages: Vec<ChatMessage>) -> Vec<ChatMessage> {

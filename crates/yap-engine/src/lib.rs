@@ -258,6 +258,8 @@ pub struct EngineInfo {
 /// Counters an engine keeps about its work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Generations running or queued now.
+    pub active_generations: u64,
     /// Decode steps run.
     pub steps: u64,
     /// Most sequences that shared one decode step.

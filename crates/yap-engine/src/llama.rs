@@ -104,6 +104,7 @@ enum Command {
 
 #[derive(Debug, Default)]
 struct Counters {
+    active: AtomicU64,
     steps: AtomicU64,
     shared_prefix_tokens: AtomicU64,
     peak_batch_sequences: AtomicU64,
@@ -329,6 +330,7 @@ impl ChatEngine for LlamaEngine {
     fn stats(&self) -> EngineStats {
         let c = &self.counters;
         EngineStats {
+            active_generations: c.active.load(Ordering::Relaxed),
             steps: c.steps.load(Ordering::Relaxed),
             peak_batch_sequences: c.peak_batch_sequences.load(Ordering::Relaxed),
             generations: c.generations.load(Ordering::Relaxed),
@@ -451,6 +453,10 @@ fn decode_thread(
         if !sched.active.is_empty() {
             sched.step(&mut batch);
         }
+        sched.counters.active.store(
+            (sched.active.len() + sched.waiting.len()) as u64,
+            Ordering::Relaxed,
+        );
     }
     running.store(false, Ordering::Release);
     for a in sched.active.drain(..) {

@@ -3,6 +3,7 @@
 //! touches a model.
 
 pub mod limits;
+mod openai;
 mod ws;
 
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -101,6 +102,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/ws", get(ws::handler))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
+        .fallback(openai::not_found)
         .with_state(state)
 }
 
@@ -118,6 +123,7 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
         },
         "running_turns": state.core.running_turns(),
         "engine_stats": {
+            "active_generations": stats.active_generations,
             "steps": stats.steps,
             "peak_batch_sequences": stats.peak_batch_sequences,
             "generations": stats.generations,
