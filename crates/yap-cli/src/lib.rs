@@ -1,5 +1,7 @@
 //! The `yap` command: server wiring, the default model fetcher and the WebSocket clients.
 
+pub mod bench;
 pub mod client;
 pub mod model_fetch;
 pub mod serve;
+pub mod tools;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use yap_cli::client::{self, BenchArgs, ClientArgs};
+use yap_cli::bench::{self, BenchArgs};
+use yap_cli::client::{self, ClientArgs};
+use yap_cli::tools::{self, LiveArgs, PersonalityArgs};
 use yap_cli::{model_fetch, serve};
 
 #[derive(Debug, Parser)]
@@ -29,6 +31,15 @@ enum Command {
     },
     /// Measure TTFT, decode tokens/s and cancel latency at several concurrency levels.
     Bench(BenchArgs),
+    /// Interactive terminal chat (/persona NAME, /cancel, /quit).
+    Live(LiveArgs),
+    /// A fixed 10-turn conversation: history, trimming and cached prefix per turn.
+    Conversation {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Switch persona mid-session and show the replies follow.
+    Personality(PersonalityArgs),
     /// Fetch and cache the default chat model, print its path.
     FetchModel,
     /// Write a tiny random-weight GGUF chat model (for tests).
@@ -60,7 +71,10 @@ async fn main() -> Result<()> {
             running.stop().await;
         }
         Command::Warmup { client, text } => client::warmup(&client, &text).await?,
-        Command::Bench(args) => client::bench(&args).await?,
+        Command::Bench(args) => bench::bench(&args).await?,
+        Command::Live(args) => tools::live(&args).await?,
+        Command::Conversation { client } => tools::conversation(&client).await?,
+        Command::Personality(args) => tools::personality(&args).await?,
         Command::FetchModel => {
             let path = tokio::task::spawn_blocking(model_fetch::ensure_default_model).await??;
             println!("{}", path.display());
