@@ -10,7 +10,7 @@ MODEL=target/openai-compat/tiny.gguf
 $YAP make-test-model "$MODEL" >/dev/null
 PORT="${YAP_TEST_PORT:-18765}"
 LOG=target/openai-compat/server.log
-TEXT_API_KEY=compat-key MAX_CONCURRENT_CONNECTIONS=8 CHAT_MAX_LEN=8192 EMBEDDED_KV_TOKENS=65536 \
+TEXT_API_KEY=compat-key MAX_CONCURRENT_CONNECTIONS=2 WS_HANDSHAKE_ACQUIRE_TIMEOUT_S=0.2 CHAT_MAX_LEN=8192 EMBEDDED_KV_TOKENS=65536 \
   $YAP serve --host 127.0.0.1 --port "$PORT" --model "$MODEL" --threads 1 >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT

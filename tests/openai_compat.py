@@ -134,6 +134,28 @@ def sse_headers_and_done_marker():
 
 
 @test
+def at_capacity_is_429():
+    # The server under test has MAX_CONCURRENT_CONNECTIONS=2: hold both slots with streams.
+    held = [client.chat.completions.create(model="yap", messages=MSGS, max_tokens=4000, stream=True)
+            for _ in range(2)]
+    for s in held:
+        next(iter(s))
+    try:
+        client.chat.completions.create(model="yap", messages=MSGS, max_tokens=2)
+        raise AssertionError("no 429")
+    except openai.RateLimitError as e:
+        assert e.status_code == 429 and e.body["type"] == "rate_limit_error", e.body
+        assert e.response.headers.get("retry-after") == "1"
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.time() + 3
+    while healthz()["connections"]["active"] != 0:
+        assert time.time() < deadline, "slots not returned after the streams closed"
+        time.sleep(0.02)
+
+
+@test
 def client_disconnect_aborts_generation():
     stream = client.chat.completions.create(model="yap", messages=MSGS, max_tokens=4000, stream=True)
     for i, _ in enumerate(stream):

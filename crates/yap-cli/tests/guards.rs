@@ -349,3 +349,53 @@ async fn fuzz_random_hostile_sequences_against_a_live_server() {
     );
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_text_frame_gets_a_typed_error_and_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let r = server(&["--chat-max-out=8"]).await;
+    let mut ws = connect(&r).await;
+    let frame = Frame::message(vec![0x7b, 0xff, 0xfe, 0x7d], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).await.unwrap();
+    let (frames, code) = recv_until_close(&mut ws).await;
+    assert_eq!(
+        frames.first().map(|f| f["error_code"].clone()),
+        Some(json!("invalid_message")),
+        "{frames:?}"
+    );
+    assert_eq!(code, Some(1007));
+    wait_idle(&r).await;
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_evicted_least_recently_used() {
+    let r = server(&["--chat-max-out=8", "--max-sequences=2"]).await;
+    let mut ws = connect(&r).await;
+    let persona =
+        |s: &str| format!("You are a companion who only talks about {s}, nothing else at all.");
+    let mut turn = async |session: &str, topic: &str| -> (u64, u64) {
+        let mut m = start(session, "Tell me more.", "x");
+        m["persona_text"] = json!(persona(topic));
+        send(&mut ws, m).await;
+        let t = read_turn(&mut ws).await;
+        let u = &t.last().unwrap()["usage"];
+        (
+            u["cached_prompt_tokens"].as_u64().unwrap(),
+            u["prompt_tokens"].as_u64().unwrap(),
+        )
+    };
+    let (_, p_a) = turn("lru-a", "volcanoes").await;
+    turn("lru-b", "knitting").await;
+    // a is still cached: its second turn reuses its whole first prompt.
+    let (c, _) = turn("lru-a", "volcanoes").await;
+    assert!(c >= p_a - 1, "a lost its cache too early: {c}");
+    // c needs a slot: b is the least recently used and is evicted, a survives.
+    turn("lru-c", "gardening").await;
+    let (c_a, _) = turn("lru-a", "volcanoes").await;
+    assert!(c_a >= p_a, "a was evicted instead of b: {c_a}");
+    let (c_b, p_b) = turn("lru-b", "knitting").await;
+    assert!(c_b < p_b / 2, "b should have been evicted: {c_b} of {p_b}");
+    r.stop().await;
+}

@@ -21,6 +21,8 @@ pub const END_SENTINEL: &str = "__END__";
 pub mod close_code {
     /// Normal closure, after a client `end`.
     pub const NORMAL: u16 = 1000;
+    /// Invalid frame payload (a text frame that is not UTF-8).
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Policy violation: authentication failed or a forbidden origin.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// Message too big for the server to process.

@@ -51,7 +51,12 @@ impl IntoResponse for ApiError {
         let body = json!({"error": {
             "message": self.message, "type": self.kind, "param": self.param, "code": code,
         }});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 
@@ -105,6 +110,27 @@ fn ready(state: &AppState) -> Result<(), ApiError> {
             message: "the chat engine is not running".into(),
             param: None,
         })
+    }
+}
+
+/// HTTP requests share the connection slots of the WebSocket endpoint.
+async fn acquire_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    match tokio::time::timeout(
+        state.config.acquire_timeout,
+        std::sync::Arc::clone(&state.slots).acquire_owned(),
+    )
+    .await
+    {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "rate_limit_error",
+            message: format!(
+                "server at capacity ({} connections); retry with backoff",
+                state.config.max_connections
+            ),
+            param: None,
+        }),
     }
 }
 
@@ -326,6 +352,7 @@ async fn collect(
 }
 
 fn sse_stream(
+    permit: tokio::sync::OwnedSemaphorePermit,
     stream: GenerationStream,
     kind: Kind,
     id: String,
@@ -345,12 +372,13 @@ fn sse_stream(
     let first =
         (kind == Kind::Chat).then(|| chunk(json!({"role": "assistant", "content": ""}), None));
     let head = stream::iter(first.map(|v| Ok(Event::default().data(v.to_string()))));
-    let body = stream::unfold(Some((stream, chunk)), move |state| async move {
-        let (mut stream, chunk) = state?;
+    // The slot is held for as long as the stream lives (dropped with it on disconnect).
+    let body = stream::unfold(Some((stream, chunk, permit)), move |state| async move {
+        let (mut stream, chunk, permit) = state?;
         match stream.next().await {
             Some(EngineEvent::Text(t)) => {
                 let ev = Event::default().data(chunk(json!({"content": t}), None).to_string());
-                Some((vec![ev], Some((stream, chunk))))
+                Some((vec![ev], Some((stream, chunk, permit))))
             }
             Some(EngineEvent::Finished { usage, reason }) => {
                 let mut evs = vec![Event::default().data(chunk(json!({}), Some(finish_name(reason))).to_string())];
@@ -390,6 +418,7 @@ async fn run(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     ready(&state)?;
+    let permit = acquire_slot(&state).await?;
     let body = parse_body(&body)?;
     let req = parse_common(&state, &body)?;
     let stream = match kind {
@@ -418,6 +447,7 @@ async fn run(
     );
     if req.stream {
         return Ok(sse_response(sse_stream(
+            permit,
             stream,
             kind,
             id,
@@ -426,6 +456,7 @@ async fn run(
         )));
     }
     let (text, usage, reason) = collect(stream).await?;
+    drop(permit);
     let choice = match kind {
         Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
             "finish_reason": finish_name(reason), "logprobs": null}),

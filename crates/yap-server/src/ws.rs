@@ -223,6 +223,13 @@ async fn connection(socket: WebSocket, state: AppState, permit: OwnedSemaphorePe
                     },
                 );
             }
+            Ok(Some(Err(e))) if e.to_string().to_ascii_lowercase().contains("utf-8") => {
+                // A text frame that is not UTF-8: say so, then close (1007, invalid payload).
+                break Exit::Close(
+                    close_code::INVALID_PAYLOAD,
+                    ServerFrame::error(ErrorCode::InvalidMessage, "text frame is not valid UTF-8"),
+                );
+            }
             Ok(None) | Ok(Some(Err(_))) => break Exit::Gone,
             Ok(Some(Ok(msg))) => msg,
         };
