@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Draw the latency distributions (CDFs per level) into this PNG file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     /// The user utterance.
     #[arg(default_value = "Tell me a short story about a dragon who learns to cook.")]
     pub text: String,
@@ -239,6 +242,7 @@ async fn cancel_worker(args: BenchArgs, worker: usize, count: usize) -> Result<V
 /// Runs the benchmark and prints tables (or JSON).
 pub async fn bench(args: &BenchArgs) -> Result<()> {
     let mut report = Vec::new();
+    let mut curves: Vec<(String, Samples)> = Vec::new();
     for &c in &args.concurrency {
         let c = c.max(1);
         let per_worker = args.turns.div_ceil(c);
@@ -261,6 +265,14 @@ pub async fn bench(args: &BenchArgs) -> Result<()> {
                 .collect();
             for h in hs {
                 cancel_ms.extend(h.await??);
+            }
+        }
+        if args.plot.is_some() {
+            if args.double_ttfb {
+                curves.push((format!("c={c} first"), first.clone()));
+                curves.push((format!("c={c} second"), second.clone()));
+            } else {
+                curves.push((format!("c={c}"), first.clone()));
             }
         }
         if args.json {
@@ -296,6 +308,22 @@ pub async fn bench(args: &BenchArgs) -> Result<()> {
     }
     if args.json {
         println!("{}", json!({"text": args.text, "levels": report}));
+    }
+    if let Some(path) = &args.plot {
+        let panel = |name: &'static str, pick: fn(&Samples) -> &Vec<f64>| {
+            let series = curves
+                .iter()
+                .map(|(label, s)| (label.clone(), pick(s).clone()))
+                .collect();
+            (name, series)
+        };
+        let panels = vec![
+            panel("chat_ttfb_ms", |s| &s.chat_ttfb_ms),
+            panel("first_sentence_ms", |s| &s.first_sentence_ms),
+            panel("total_ms", |s| &s.total_ms),
+        ];
+        crate::plot::draw(path, &panels)?;
+        eprintln!("plot written to {}", path.display());
     }
     Ok(())
 }

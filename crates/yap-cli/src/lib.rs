@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod client;
 pub mod model_fetch;
+pub mod plot;
 pub mod serve;
 pub mod tools;
