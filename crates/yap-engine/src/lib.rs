@@ -5,7 +5,9 @@
 //! the stream. [`llama::LlamaEngine`] is the embedded engine (llama.cpp, continuous batching,
 //! per-session prefix reuse). [`tiny`] writes small random-weight GGUF models for tests.
 
+pub mod fit;
 pub mod gguf;
+pub mod launch;
 pub mod llama;
 pub mod template;
 pub mod tiny;
