@@ -68,7 +68,7 @@ impl ClientArgs {
 
 /// Opens a connection.
 pub async fn connect(args: &ClientArgs) -> Result<Ws> {
-    let (ws, _) = tokio_tungstenite::connect_async(args.url())
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(args.url(), None, true)
         .await
         .with_context(|| format!("connecting to {}", args.server))?;
     Ok(ws)

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod double;
 pub mod model_fetch;
 pub mod plot;
 pub mod serve;

@@ -42,6 +42,9 @@ enum Command {
     Personality(PersonalityArgs),
     /// Fetch and cache the default chat model, print its path.
     FetchModel,
+    /// An OpenAI-compatible engine stand-in for tests (streams words; can stall, fail, die).
+    #[command(hide = true)]
+    EngineDouble(yap_cli::double::DoubleArgs),
     /// Write a tiny random-weight GGUF chat model (for tests).
     MakeTestModel {
         /// Output path.
@@ -79,6 +82,7 @@ async fn main() -> Result<()> {
             let path = tokio::task::spawn_blocking(model_fetch::ensure_default_model).await??;
             println!("{}", path.display());
         }
+        Command::EngineDouble(args) => yap_cli::double::run(&args).await?,
         Command::MakeTestModel { path } => {
             yap_engine::tiny::write_tiny_model(&path, yap_engine::tiny::TinyModelSpec::default())?;
             println!("{}", path.display());

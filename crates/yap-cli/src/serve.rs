@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use yap_core::{Core, CoreConfig};
 use yap_engine::ChatEngine;
 use yap_engine::llama::{LlamaConfig, LlamaEngine};
+use yap_engine::remote::{RemoteConfig, RemoteEngine};
 use yap_server::{AppState, ServerConfig};
 
 use crate::model_fetch;
@@ -30,10 +31,24 @@ pub struct ServeArgs {
     /// Global connection slots (required).
     #[arg(long, env = "MAX_CONCURRENT_CONNECTIONS")]
     pub max_concurrent_connections: Option<usize>,
-    /// Chat engine: `embedded` (llama.cpp in-process).
+    /// Chat engine: `embedded` (llama.cpp in-process) or `openai` (remote OpenAI-compatible
+    /// servers given by --engine-url).
     #[arg(long = "engine", env = "INFERENCE_ENGINE", default_value = "embedded")]
     pub engine: String,
-    /// GGUF chat model; default: Gemma 3 270M fetched into the cache on first use.
+    /// Remote engine base URL(s); repeat the flag or separate with commas for replicas.
+    #[arg(long = "engine-url", env = "ENGINE_URLS", value_delimiter = ',')]
+    pub engine_url: Vec<String>,
+    /// API key sent to remote engines (`Authorization: Bearer`).
+    #[arg(long, env = "ENGINE_API_KEY", hide_env_values = true)]
+    pub engine_api_key: Option<String>,
+    /// Seconds between health checks of remote engine replicas.
+    #[arg(long, env = "ENGINE_HEALTH_INTERVAL_S", default_value_t = 2.0)]
+    pub engine_health_interval_s: f64,
+    /// Model name sent to remote engines (default: the GGUF's name).
+    #[arg(long, env = "ENGINE_MODEL_NAME")]
+    pub engine_model_name: Option<String>,
+    /// GGUF chat model (embedded engine: the weights; remote engines: its tokenizer and chat
+    /// template). Default: Gemma 3 270M fetched into the cache on first use.
     #[arg(long = "model", env = "CHAT_MODEL")]
     pub model: Option<PathBuf>,
     /// Prompt + reply tokens per turn.
@@ -126,8 +141,8 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     /// The serving task.
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
-    /// The engine (kept to shut it down).
-    pub engine: Arc<LlamaEngine>,
+    /// The engine.
+    pub engine: Arc<dyn ChatEngine>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -150,9 +165,9 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     let Some(max_conn) = args.max_concurrent_connections.filter(|n| *n > 0) else {
         bail!("MAX_CONCURRENT_CONNECTIONS is required (a positive number)");
     };
-    if args.engine != "embedded" {
+    if args.engine != "embedded" && args.engine != "openai" {
         bail!(
-            "engine `{}` is not available in this build; use `embedded`",
+            "engine `{}` is not available; use `embedded`, or `openai` with --engine-url",
             args.engine
         );
     }
@@ -170,18 +185,35 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             .await
             .context("model fetch task")??,
     };
-    let mut llama = LlamaConfig::new(&model_path);
-    llama.kv_tokens = args.kv_tokens;
-    llama.max_sequences = args.max_sequences;
-    llama.max_sequence_tokens = args.chat_max_len as u32;
-    llama.batch_tokens = args.batch_tokens;
-    llama.threads = args.threads;
-    llama.gpu_layers = args.gpu_layers;
-    let engine = Arc::new(
-        tokio::task::spawn_blocking(move || LlamaEngine::start(llama))
-            .await
-            .context("engine start task")??,
-    );
+    let engine: Arc<dyn ChatEngine> = if args.engine == "openai" {
+        if args.engine_url.is_empty() {
+            bail!("--engine openai needs --engine-url (ENGINE_URLS)");
+        }
+        let mut remote = RemoteConfig::new(args.engine_url.clone());
+        remote.context_tokens = args.chat_max_len;
+        remote.api_key = args.engine_api_key.clone();
+        remote.health_interval = Duration::from_secs_f64(args.engine_health_interval_s.max(0.05));
+        remote.model = args.engine_model_name.clone().unwrap_or_else(|| {
+            model_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        Arc::new(RemoteEngine::start(remote, &model_path).await?)
+    } else {
+        let mut llama = LlamaConfig::new(&model_path);
+        llama.kv_tokens = args.kv_tokens;
+        llama.max_sequences = args.max_sequences;
+        llama.max_sequence_tokens = args.chat_max_len as u32;
+        llama.batch_tokens = args.batch_tokens;
+        llama.threads = args.threads;
+        llama.gpu_layers = args.gpu_layers;
+        Arc::new(
+            tokio::task::spawn_blocking(move || LlamaEngine::start(llama))
+                .await
+                .context("engine start task")??,
+        )
+    };
     let mut core_config = CoreConfig {
         chat_max_len: args.chat_max_len,
         chat_max_out: args.chat_max_out,
@@ -193,8 +225,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     };
     core_config.default_sampling.temperature = args.temperature;
     core_config.verbalize = args.sanitize_verbalize;
-    let dyn_engine: Arc<dyn ChatEngine> = engine.clone();
-    let core = Core::new(dyn_engine, core_config);
+    let core = Core::new(Arc::clone(&engine), core_config);
     let mut server = ServerConfig::new(api_key, max_conn);
     server.acquire_timeout = Duration::from_secs_f64(args.ws_handshake_acquire_timeout_s.max(0.0));
     server.idle_timeout = Duration::from_secs_f64(args.ws_idle_timeout_s.max(0.001));

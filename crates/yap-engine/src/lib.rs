@@ -9,6 +9,7 @@ pub mod fit;
 pub mod gguf;
 pub mod launch;
 pub mod llama;
+pub mod remote;
 pub mod template;
 pub mod tiny;
 
@@ -225,9 +226,15 @@ impl Drop for GenerationStream {
     }
 }
 
-/// A cloneable flag that aborts a generation.
+/// A cloneable flag that aborts a generation; async engines can also wait for it.
 #[derive(Debug, Clone, Default)]
-pub struct AbortHandle(Arc<AtomicBool>);
+pub struct AbortHandle(Arc<AbortInner>);
+
+#[derive(Debug, Default)]
+struct AbortInner {
+    flag: AtomicBool,
+    notify: tokio::sync::Notify,
+}
 
 impl AbortHandle {
     /// A fresh, not yet aborted handle.
@@ -236,11 +243,24 @@ impl AbortHandle {
     }
     /// Requests the abort.
     pub fn abort(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.flag.store(true, Ordering::Release);
+        self.0.notify.notify_waiters();
     }
     /// Whether an abort was requested.
     pub fn is_aborted(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.flag.load(Ordering::Acquire)
+    }
+    /// Resolves once the abort is requested.
+    pub async fn aborted(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_aborted() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 

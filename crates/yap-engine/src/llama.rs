@@ -102,6 +102,110 @@ enum Command {
     Shutdown,
 }
 
+/// A model's tokenizer and chat template (from a GGUF file), for prompt rendering and token
+/// budgets. The embedded engine uses it with the full model; remote engines load the GGUF
+/// vocabulary only.
+pub struct TextModel {
+    model: Arc<LlamaModel>,
+    template: ChatTemplate,
+    /// Stop strings of the prompt format (built-in templates only).
+    pub stops: Vec<String>,
+    /// `general.name` of the model.
+    pub name: String,
+}
+
+impl std::fmt::Debug for TextModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextModel")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl TextModel {
+    /// Loads only the vocabulary and metadata of a GGUF file.
+    pub fn load_vocab(path: &std::path::Path) -> Result<Self, EngineError> {
+        let backend = backend()?;
+        let load_err = |reason: String| EngineError::Load {
+            path: path.display().to_string(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(load_err("no such file".into()));
+        }
+        let params = LlamaModelParams::default().with_vocab_only(true);
+        let model = LlamaModel::load_from_file(backend, path, &params)
+            .map_err(|e| load_err(e.to_string()))?;
+        Self::from_model(Arc::new(model))
+    }
+
+    fn from_model(model: Arc<LlamaModel>) -> Result<Self, EngineError> {
+        let vocab = model.vocab();
+        let piece = |t: LlamaToken| {
+            String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+        };
+        let bos = piece(vocab.bos());
+        let eos = piece(vocab.eos());
+        let name = model
+            .meta_val_str("general.name")
+            .or_else(|_| model.meta_val_str("general.basename"))
+            .unwrap_or_default();
+        let (source, stops) = match model.meta_val_str("tokenizer.chat_template") {
+            Ok(t) => (t, Vec::new()),
+            Err(_) => {
+                let arch = model
+                    .meta_val_str("general.architecture")
+                    .unwrap_or_default();
+                let (t, stops) = builtin_for(&arch, looks_instruct(&name));
+                info!(model = %name, arch = %arch, "model has no chat template; using a built-in one");
+                (t.to_owned(), stops.iter().map(|s| s.to_string()).collect())
+            }
+        };
+        let template = ChatTemplate::new(&source, &bos, &eos)?;
+        Ok(Self {
+            model,
+            template,
+            stops,
+            name,
+        })
+    }
+
+    /// Tokenizes (special tokens parsed when `special`).
+    pub fn tokenize(&self, text: &str, special: bool) -> Vec<LlamaToken> {
+        self.model.vocab().tokenize(text.as_bytes(), false, special)
+    }
+
+    /// Renders messages with the generation prompt appended.
+    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        self.template.render(messages, true)
+    }
+
+    /// Tokens of plain text.
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.tokenize(text, false).len()
+    }
+
+    /// Prompt tokens of rendered text (special tokens parsed).
+    pub fn count_prompt_tokens(&self, text: &str) -> usize {
+        self.tokenize(text, true).len()
+    }
+
+    /// Cuts text to `max_tokens`, keeping the start or the end.
+    pub fn truncate_tokens(&self, text: &str, max_tokens: usize, keep_start: bool) -> String {
+        let tokens = self.tokenize(text, false);
+        if tokens.len() <= max_tokens {
+            return text.to_owned();
+        }
+        let kept = if keep_start {
+            &tokens[..max_tokens]
+        } else {
+            &tokens[tokens.len() - max_tokens..]
+        };
+        let bytes = self.model.vocab().detokenize(kept, false, false);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     active: AtomicU64,
@@ -115,8 +219,7 @@ struct Counters {
 /// The embedded llama.cpp engine.
 pub struct LlamaEngine {
     counters: Arc<Counters>,
-    model: Arc<LlamaModel>,
-    template: ChatTemplate,
+    text: TextModel,
     commands: Mutex<std_mpsc::Sender<Command>>,
     running: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -149,32 +252,7 @@ impl LlamaEngine {
         let model = LlamaModel::load_from_file(backend, &config.model_path, &params)
             .map_err(|e| load_err(e.to_string()))?;
         let model = Arc::new(model);
-        let vocab = model.vocab();
-        let piece = |t: LlamaToken| {
-            String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
-        };
-        let bos = piece(vocab.bos());
-        let eos = piece(vocab.eos());
-        let model_name = model
-            .meta_val_str("general.name")
-            .or_else(|_| model.meta_val_str("general.basename"))
-            .unwrap_or_default();
-        let (source, stops) = match model.meta_val_str("tokenizer.chat_template") {
-            Ok(t) => (t, Vec::new()),
-            Err(_) => {
-                let arch = model
-                    .meta_val_str("general.architecture")
-                    .unwrap_or_default();
-                let (t, stops) = builtin_for(&arch, looks_instruct(&model_name));
-                info!(
-                    model = %model_name,
-                    arch = %arch,
-                    "model has no chat template; using a built-in one"
-                );
-                (t.to_owned(), stops.iter().map(|s| s.to_string()).collect())
-            }
-        };
-        let template = ChatTemplate::new(&source, &bos, &eos)?;
+        let text = TextModel::from_model(Arc::clone(&model))?;
 
         let (tx, rx) = std_mpsc::channel();
         let (ready_tx, ready_rx) = std_mpsc::channel();
@@ -215,10 +293,10 @@ impl LlamaEngine {
             sequences = config.max_sequences,
             "embedded engine ready"
         );
+        let stops = text.stops.clone();
         Ok(Self {
             counters,
-            model,
-            template,
+            text,
             commands: Mutex::new(tx),
             running,
             thread: Mutex::new(Some(thread)),
@@ -242,7 +320,7 @@ impl LlamaEngine {
     }
 
     fn tokenize(&self, text: &str, special: bool) -> Vec<LlamaToken> {
-        self.model.vocab().tokenize(text.as_bytes(), false, special)
+        self.text.tokenize(text, special)
     }
 
     /// Stops the decode thread and waits for it.
@@ -272,25 +350,15 @@ impl ChatEngine for LlamaEngine {
     }
 
     fn render(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
-        self.template.render(messages, true)
+        self.text.render(messages)
     }
 
     fn count_tokens(&self, text: &str) -> usize {
-        self.tokenize(text, false).len()
+        self.text.count_tokens(text)
     }
 
     fn truncate_tokens(&self, text: &str, max_tokens: usize, keep_start: bool) -> String {
-        let tokens = self.tokenize(text, false);
-        if tokens.len() <= max_tokens {
-            return text.to_owned();
-        }
-        let kept = if keep_start {
-            &tokens[..max_tokens]
-        } else {
-            &tokens[tokens.len() - max_tokens..]
-        };
-        let bytes = self.model.vocab().detokenize(kept, false, false);
-        String::from_utf8_lossy(&bytes).into_owned()
+        self.text.truncate_tokens(text, max_tokens, keep_start)
     }
 
     fn generate(&self, request: GenerateRequest) -> Result<GenerationStream, EngineError> {

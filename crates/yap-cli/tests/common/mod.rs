@@ -139,3 +139,20 @@ pub async fn healthz(r: &Running) -> Value {
     let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default();
     serde_json::from_str(body).unwrap()
 }
+
+/// A plain HTTP/1.0 request to `addr`; returns the status code and the JSON body (Null when the
+/// body is not JSON).
+pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf).await;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
