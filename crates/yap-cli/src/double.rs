@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -26,9 +26,9 @@ pub struct DoubleArgs {
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// Port to bind.
+    /// Port to bind (else the `--port` among the engine-style arguments).
     #[arg(long)]
-    pub port: u16,
+    pub port: Option<u16>,
     /// Milliseconds between streamed tokens.
     #[arg(long, default_value_t = 2)]
     pub token_ms: u64,
@@ -171,7 +171,15 @@ pub async fn run(args: &DoubleArgs) -> Result<()> {
         .route("/control/{mode}", post(control))
         .route("/v1/completions", post(completions))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+    let port = args
+        .port
+        .or_else(|| {
+            let i = args.rest.iter().position(|a| a == "--port")?;
+            args.rest.get(i + 1)?.parse().ok()
+        })
+        .context("--port is required")?;
+    eprintln!("engine-double args: {}", args.rest.join(" "));
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), port)).await?;
     eprintln!("engine-double listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await?;
     Ok(())

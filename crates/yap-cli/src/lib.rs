@@ -1,6 +1,7 @@
 //! The `yap` command: server wiring, the default model fetcher and the WebSocket clients.
 
 pub mod bench;
+pub mod check;
 pub mod client;
 pub mod double;
 pub mod model_fetch;

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the server (embedded engine on the default model unless --model is given).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Send one turn, print every frame and a metrics line.
     Warmup {
         #[command(flatten)]
@@ -40,6 +40,8 @@ enum Command {
     },
     /// Switch persona mid-session and show the replies follow.
     Personality(PersonalityArgs),
+    /// Fit check: do weights + KV cache for CHAT_MAX_LEN × batch fit a GPU? Exit 1 if not.
+    Check(yap_cli::check::CheckArgs),
     /// Fetch and cache the default chat model, print its path.
     FetchModel,
     /// An OpenAI-compatible engine stand-in for tests (streams words; can stall, fail, die).
@@ -64,7 +66,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let running = serve::start(args).await?;
+            let running = serve::start(*args).await?;
             tracing::info!(addr = %running.addr, "yap listening (ws: /ws, health: /healthz)");
             tokio::select! {
                 r = tokio::signal::ctrl_c() => { r?; }
@@ -78,6 +80,11 @@ async fn main() -> Result<()> {
         Command::Live(args) => tools::live(&args).await?,
         Command::Conversation { client } => tools::conversation(&client).await?,
         Command::Personality(args) => tools::personality(&args).await?,
+        Command::Check(args) => {
+            if !yap_cli::check::run(&args)? {
+                std::process::exit(1);
+            }
+        }
         Command::FetchModel => {
             let path = tokio::task::spawn_blocking(model_fetch::ensure_default_model).await??;
             println!("{}", path.display());

@@ -10,8 +10,11 @@ use clap::Args;
 use tokio::net::TcpListener;
 use yap_core::{Core, CoreConfig};
 use yap_engine::ChatEngine;
+use yap_engine::launch::LaunchConfig;
 use yap_engine::llama::{LlamaConfig, LlamaEngine};
 use yap_engine::remote::{RemoteConfig, RemoteEngine};
+use yap_engine::supervise::{RotatingLog, Supervisor, SupervisorConfig};
+use yap_engine::{fit, launch};
 use yap_server::{AppState, ServerConfig};
 
 use crate::model_fetch;
@@ -38,6 +41,55 @@ pub struct ServeArgs {
     /// Remote engine base URL(s); repeat the flag or separate with commas for replicas.
     #[arg(long = "engine-url", env = "ENGINE_URLS", value_delimiter = ',')]
     pub engine_url: Vec<String>,
+    /// Launched engines: the model vLLM serves (HF id or path) or the TRT engine directory.
+    #[arg(long, env = "ENGINE_MODEL")]
+    pub engine_model: Option<String>,
+    /// Launched engines: the program to run instead of `vllm` / `trtllm-serve` (a venv path,
+    /// a wrapper; split on spaces).
+    #[arg(long, env = "ENGINE_BIN")]
+    pub engine_bin: Option<String>,
+    /// Launched engines: the child's port.
+    #[arg(long, env = "ENGINE_PORT", default_value_t = 8001)]
+    pub engine_port: u16,
+    /// GPU memory fraction for the chat engine.
+    #[arg(long, env = "CHAT_GPU_FRAC", default_value_t = 0.90)]
+    pub chat_gpu_frac: f64,
+    /// KV cache dtype for launched engines (`auto`, `fp8`).
+    #[arg(long, env = "KV_DTYPE")]
+    pub kv_dtype: Option<String>,
+    /// vLLM: no CUDA graphs.
+    #[arg(long, env = "ENFORCE_EAGER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enforce_eager: bool,
+    /// `4bit` or `8bit` for a model that is not pre-quantized.
+    #[arg(long, env = "QUANTIZATION")]
+    pub quantization: Option<String>,
+    /// Most concurrent sequences of a launched engine (vLLM `--max-num-seqs`).
+    #[arg(long, env = "ENGINE_MAX_SEQS")]
+    pub engine_max_seqs: Option<u64>,
+    /// TRT: runtime batch size (≤ the engine's built max).
+    #[arg(long, env = "TRT_BATCH_SIZE")]
+    pub trt_batch_size: Option<u64>,
+    /// TRT: max batch size to build engines with.
+    #[arg(long, env = "TRT_MAX_BATCH_SIZE")]
+    pub trt_max_batch_size: Option<u64>,
+    /// TRT: fraction of free GPU memory for the KV cache.
+    #[arg(long, env = "TRT_KV_FREE_GPU_FRAC", default_value_t = 0.85)]
+    pub trt_kv_free_gpu_frac: f64,
+    /// Fit check: the served model's config.json (default: ENGINE_MODEL/config.json when local).
+    #[arg(long, env = "ENGINE_MODEL_CONFIG")]
+    pub engine_model_config: Option<PathBuf>,
+    /// Fit check: GPU memory in GiB (default: nvidia-smi).
+    #[arg(long, env = "GPU_MEMORY_GIB")]
+    pub gpu_memory_gib: Option<f64>,
+    /// Fit check: GPU compute capability ×10, e.g. 90 (default: nvidia-smi, else 90).
+    #[arg(long, env = "GPU_SM")]
+    pub gpu_sm: Option<u32>,
+    /// The rotated log of launched engines (100 MB × 3 kept).
+    #[arg(long, env = "LOG_FILE", default_value = "server.log")]
+    pub log_file: PathBuf,
+    /// Seconds a launched engine may take to become healthy.
+    #[arg(long, env = "ENGINE_STARTUP_TIMEOUT_S", default_value_t = 900.0)]
+    pub engine_startup_timeout_s: f64,
     /// API key sent to remote engines (`Authorization: Bearer`).
     #[arg(long, env = "ENGINE_API_KEY", hide_env_values = true)]
     pub engine_api_key: Option<String>,
@@ -143,6 +195,8 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
     /// The engine.
     pub engine: Arc<dyn ChatEngine>,
+    /// The launched engine process, when Yap runs one.
+    pub supervisor: Option<Arc<Supervisor>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -154,6 +208,9 @@ impl Running {
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
         self.task.abort();
+        if let Some(sup) = self.supervisor.take() {
+            sup.stop().await;
+        }
     }
 }
 
@@ -165,9 +222,9 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     let Some(max_conn) = args.max_concurrent_connections.filter(|n| *n > 0) else {
         bail!("MAX_CONCURRENT_CONNECTIONS is required (a positive number)");
     };
-    if args.engine != "embedded" && args.engine != "openai" {
+    if !["embedded", "openai", "vllm", "trt"].contains(&args.engine.as_str()) {
         bail!(
-            "engine `{}` is not available; use `embedded`, or `openai` with --engine-url",
+            "engine `{}` is not available; use `embedded`, `vllm`, `trt`, or `openai` with --engine-url",
             args.engine
         );
     }
@@ -185,7 +242,17 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             .await
             .context("model fetch task")??,
     };
-    let engine: Arc<dyn ChatEngine> = if args.engine == "openai" {
+    let mut supervisor = None;
+    let mut args = args;
+    if args.engine == "vllm" || args.engine == "trt" {
+        let sup = launch_engine(&args).await?;
+        args.engine_url = vec![format!("http://127.0.0.1:{}", args.engine_port)];
+        if args.engine_model_name.is_none() {
+            args.engine_model_name = args.engine_model.clone();
+        }
+        supervisor = Some(Arc::new(sup));
+    }
+    let engine: Arc<dyn ChatEngine> = if args.engine != "embedded" {
         if args.engine_url.is_empty() {
             bail!("--engine openai needs --engine-url (ENGINE_URLS)");
         }
@@ -267,6 +334,122 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         addr,
         task,
         engine,
+        supervisor,
         shutdown: Some(tx),
     })
+}
+
+/// GPU memory (GiB) and compute capability from nvidia-smi, when there is one.
+fn query_gpu() -> Option<(f64, u32)> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=memory.total,compute_cap",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.lines().next()?.split(',').map(str::trim);
+    let mib: f64 = parts.next()?.parse().ok()?;
+    let cap: f64 = parts.next()?.parse().ok()?;
+    Some((mib / 1024.0, (cap * 10.0).round() as u32))
+}
+
+/// Derives the engine command, checks the fit, and starts the supervised child.
+async fn launch_engine(args: &ServeArgs) -> Result<Supervisor> {
+    let Some(model) = args.engine_model.clone() else {
+        bail!(
+            "--engine {} needs --engine-model (ENGINE_MODEL): the model or engine directory",
+            args.engine
+        );
+    };
+    let gpu = query_gpu();
+    let sm = args.gpu_sm.or(gpu.map(|g| g.1)).unwrap_or(90);
+    let mut cfg = LaunchConfig::new(&model);
+    cfg.port = args.engine_port;
+    cfg.max_len = args.chat_max_len as u64;
+    cfg.kv_dtype = args.kv_dtype.clone();
+    cfg.enforce_eager = args.enforce_eager;
+    cfg.quantization = args.quantization.clone();
+    cfg.gpu_sm = sm;
+    cfg.trt_max_batch = args.trt_max_batch_size;
+    let mut command = if args.engine == "vllm" {
+        cfg.gpu_frac = args.chat_gpu_frac;
+        cfg.max_seqs = args.engine_max_seqs;
+        launch::vllm_command(&cfg).map_err(anyhow::Error::msg)?
+    } else {
+        cfg.gpu_frac = args.trt_kv_free_gpu_frac;
+        cfg.max_seqs = args.trt_batch_size;
+        let engine_cfg_path = PathBuf::from(&model).join("config.json");
+        let engine_cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&engine_cfg_path)
+                .with_context(|| format!("reading {}", engine_cfg_path.display()))?,
+        )?;
+        let max = launch::trt_engine_max_batch(&engine_cfg).unwrap_or(0);
+        tracing::info!(engine_max_batch = max, runtime_batch = ?cfg.max_seqs, "TRT batch sizes");
+        std::fs::write("yap-trt-options.yaml", launch::TRT_OPTIONS_YAML)?;
+        launch::trtllm_command(&cfg, &engine_cfg).map_err(anyhow::Error::msg)?
+    };
+    // Fit check before launching, when the model's config is at hand.
+    let config_path = args
+        .engine_model_config
+        .clone()
+        .or_else(|| Some(PathBuf::from(&model).join("config.json")).filter(|p| p.is_file()));
+    let memory = args.gpu_memory_gib.or(gpu.map(|g| g.0));
+    match (config_path, memory) {
+        (Some(path), Some(mem)) if args.engine == "vllm" => {
+            let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+            let quant = fit::detect_quantization(&model).or(args.quantization.as_deref());
+            let report = fit::check(&fit::FitRequest {
+                shape: fit::ModelShape::from_config(&json).map_err(anyhow::Error::msg)?,
+                weights: fit::weight_precision(quant),
+                kv: if args.kv_dtype.as_deref() == Some("fp8") {
+                    fit::Precision::Int8
+                } else {
+                    fit::Precision::Bf16
+                },
+                gpu: fit::Gpu {
+                    name: format!("GPU ({mem:.0} GiB, sm{sm})"),
+                    memory_gib: mem,
+                    sm,
+                },
+                fraction: args.chat_gpu_frac,
+                max_len: args.chat_max_len as u64,
+                batch: args.engine_max_seqs.unwrap_or(1),
+            });
+            if !report.fits {
+                bail!("refusing to launch: {}", report.message);
+            }
+            tracing::info!("{}", report.message);
+        }
+        _ => tracing::warn!(
+            "fit check skipped: no config.json or GPU memory known (ENGINE_MODEL_CONFIG, GPU_MEMORY_GIB)"
+        ),
+    }
+    if let Some(bin) = &args.engine_bin {
+        let mut prefix: Vec<String> = bin.split_whitespace().map(str::to_owned).collect();
+        if args.engine == "vllm" {
+            command.remove(0); // `vllm`; `serve ...` stays
+        } else {
+            command.remove(0);
+        }
+        prefix.extend(command);
+        command = prefix;
+    }
+    tracing::info!(command = %command.join(" "), "launching engine");
+    let log = Arc::new(RotatingLog::open(&args.log_file, 100 * 1024 * 1024, 3)?);
+    let sup = Supervisor::start(
+        SupervisorConfig {
+            command,
+            health_url: format!("http://127.0.0.1:{}/health", args.engine_port),
+            label: args.engine.clone(),
+            startup_timeout: Duration::from_secs_f64(args.engine_startup_timeout_s),
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            grace: Duration::from_secs(10),
+        },
+        log,
+    )
+    .await?;
+    Ok(sup)
 }

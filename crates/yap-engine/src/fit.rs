@@ -283,24 +283,22 @@ pub fn known_gpu(name: &str) -> Option<Gpu> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
+    fn load(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
     fn mistral_nemo_12b() -> Value {
-        json!({"architectures":["MistralForCausalLM"],"hidden_size":5120,"head_dim":128,
-               "intermediate_size":14336,"num_attention_heads":32,"num_hidden_layers":40,
-               "num_key_value_heads":8,"vocab_size":131072,"torch_dtype":"bfloat16",
-               "tie_word_embeddings":false})
+        load(include_str!(
+            "../../../docs/model-configs/mistral-nemo-12b.json"
+        ))
     }
     fn qwen3_8b() -> Value {
-        json!({"architectures":["Qwen3ForCausalLM"],"hidden_size":4096,"head_dim":128,
-               "intermediate_size":12288,"num_attention_heads":32,"num_hidden_layers":36,
-               "num_key_value_heads":8,"vocab_size":151936,"tie_word_embeddings":false})
+        load(include_str!("../../../docs/model-configs/qwen3-8b.json"))
     }
     fn qwen3_30b_a3b() -> Value {
-        json!({"architectures":["Qwen3MoeForCausalLM"],"hidden_size":2048,"head_dim":128,
-               "intermediate_size":6144,"moe_intermediate_size":768,"num_experts":128,
-               "num_experts_per_tok":8,"num_attention_heads":32,"num_hidden_layers":48,
-               "num_key_value_heads":4,"vocab_size":151936,"tie_word_embeddings":false})
+        load(include_str!(
+            "../../../docs/model-configs/qwen3-30b-a3b.json"
+        ))
     }
 
     fn req(cfg: Value, weights: Precision, gpu: &str, max_len: u64, batch: u64) -> FitReport {

@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod launch;
 pub mod llama;
 pub mod remote;
+pub mod supervise;
 pub mod template;
 pub mod tiny;
 

@@ -36,6 +36,11 @@ struct Wrap {
 }
 
 pub async fn server(extra: &[&str]) -> Running {
+    try_server(extra).await.expect("server starts")
+}
+
+/// Starts a server, returning the startup error instead of panicking.
+pub async fn try_server(extra: &[&str]) -> anyhow::Result<Running> {
     let model = tiny_model();
     let mut argv = vec![
         "yap".to_owned(),
@@ -55,7 +60,7 @@ pub async fn server(extra: &[&str]) -> Running {
     });
     argv.extend(extra.iter().map(|s| s.to_string()));
     let args = Wrap::try_parse_from(argv).expect("args").args;
-    serve::start(args).await.expect("server starts")
+    serve::start(args).await
 }
 
 pub async fn connect(r: &Running) -> Ws {
