@@ -1,6 +1,7 @@
 //! `yap`: run the server, its test clients and model tooling.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -9,6 +10,7 @@ use yap_cli::bench::{self, BenchArgs};
 use yap_cli::client::{self, ClientArgs};
 use yap_cli::tools::{self, LiveArgs, PersonalityArgs};
 use yap_cli::{model_fetch, serve};
+use yap_engine::supervise::SharedLog;
 
 #[derive(Debug, Parser)]
 #[command(name = "yap", version, about = "Real-time voice companion server")]
@@ -54,16 +56,35 @@ enum Command {
     },
 }
 
+fn filter() -> EnvFilter {
+    EnvFilter::try_from_env("YAP_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,llama_cpp_2=warn,llama-cpp-2=warn"))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("YAP_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,llama_cpp_2=warn,llama-cpp-2=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let cli = Cli::parse();
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if let Command::Serve(args) = &cli.command {
+        // `yap serve` also writes its log to the rotated server.log (shared with launched
+        // engines' output).
+        let log = serve::shared_log(&args.log_file)?;
+        let file = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || SharedLog(Arc::clone(&log)));
+        tracing_subscriber::registry()
+            .with(filter())
+            .with(stderr)
+            .with(file)
+            .init();
+    } else {
+        tracing_subscriber::registry()
+            .with(filter())
+            .with(stderr)
+            .init();
+    }
     match cli.command {
         Command::Serve(args) => {
             let running = serve::start(*args).await?;

@@ -87,6 +87,9 @@ pub struct ServeArgs {
     /// The rotated log of launched engines (100 MB × 3 kept).
     #[arg(long, env = "LOG_FILE", default_value = "server.log")]
     pub log_file: PathBuf,
+    /// Launched engines: print the derived command (after the fit check) and exit.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Seconds a launched engine may take to become healthy.
     #[arg(long, env = "ENGINE_STARTUP_TIMEOUT_S", default_value_t = 900.0)]
     pub engine_startup_timeout_s: f64,
@@ -339,6 +342,18 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     })
 }
 
+static LOG: std::sync::OnceLock<Arc<RotatingLog>> = std::sync::OnceLock::new();
+
+/// The process-wide `server.log` (rotated at 100 MB, 3 kept): Yap's own log lines and the
+/// output of launched engines go to this one file.
+pub fn shared_log(path: &std::path::Path) -> Result<Arc<RotatingLog>> {
+    if let Some(log) = LOG.get() {
+        return Ok(Arc::clone(log));
+    }
+    let log = Arc::new(RotatingLog::open(path, 100 * 1024 * 1024, 3)?);
+    Ok(Arc::clone(LOG.get_or_init(|| log)))
+}
+
 /// GPU memory (GiB) and compute capability from nvidia-smi, when there is one.
 fn query_gpu() -> Option<(f64, u32)> {
     let out = std::process::Command::new("nvidia-smi")
@@ -387,7 +402,9 @@ async fn launch_engine(args: &ServeArgs) -> Result<Supervisor> {
         )?;
         let max = launch::trt_engine_max_batch(&engine_cfg).unwrap_or(0);
         tracing::info!(engine_max_batch = max, runtime_batch = ?cfg.max_seqs, "TRT batch sizes");
-        std::fs::write("yap-trt-options.yaml", launch::TRT_OPTIONS_YAML)?;
+        if !args.dry_run {
+            std::fs::write("yap-trt-options.yaml", launch::TRT_OPTIONS_YAML)?;
+        }
         launch::trtllm_command(&cfg, &engine_cfg).map_err(anyhow::Error::msg)?
     };
     // Fit check before launching, when the model's config is at hand.
@@ -420,6 +437,9 @@ async fn launch_engine(args: &ServeArgs) -> Result<Supervisor> {
             if !report.fits {
                 bail!("refusing to launch: {}", report.message);
             }
+            if args.dry_run {
+                eprintln!("fit check: {}", report.message);
+            }
             tracing::info!("{}", report.message);
         }
         _ => tracing::warn!(
@@ -436,8 +456,12 @@ async fn launch_engine(args: &ServeArgs) -> Result<Supervisor> {
         prefix.extend(command);
         command = prefix;
     }
+    if args.dry_run {
+        println!("{}", command.join(" "));
+        std::process::exit(0);
+    }
     tracing::info!(command = %command.join(" "), "launching engine");
-    let log = Arc::new(RotatingLog::open(&args.log_file, 100 * 1024 * 1024, 3)?);
+    let log = shared_log(&args.log_file)?;
     let sup = Supervisor::start(
         SupervisorConfig {
             command,

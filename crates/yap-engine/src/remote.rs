@@ -481,6 +481,42 @@ impl ChatEngine for RemoteEngine {
 mod tests {
     use super::*;
 
+    fn shared(n: usize, max_inflight: usize) -> Shared {
+        let mut config = RemoteConfig::new((0..n).map(|i| format!("http://r{i}:1")).collect());
+        config.max_inflight_per_replica = max_inflight;
+        Shared {
+            replicas: config.urls.iter().map(|u| Replica::new(u)).collect(),
+            client: reqwest::Client::new(),
+            config,
+            generations: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            cached: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn candidates_skip_unhealthy_and_prefer_least_loaded_when_saturated() {
+        let s = shared(3, 2);
+        let natural = candidates(&s, "session-x");
+        assert_eq!(natural.len(), 3);
+        // The session's first choice goes down: its next choice serves, nothing else moves.
+        s.replicas[natural[0]]
+            .healthy
+            .store(false, Ordering::Release);
+        assert_eq!(candidates(&s, "session-x"), natural[1..].to_vec());
+        s.replicas[natural[0]]
+            .healthy
+            .store(true, Ordering::Release);
+        // The first choice is saturated: the least-loaded healthy replica goes first.
+        s.replicas[natural[0]].inflight.store(2, Ordering::Release);
+        s.replicas[natural[1]].inflight.store(1, Ordering::Release);
+        s.replicas[natural[2]].inflight.store(0, Ordering::Release);
+        assert_eq!(candidates(&s, "session-x")[0], natural[2]);
+        // Not saturated: stickiness wins over load.
+        s.replicas[natural[0]].inflight.store(1, Ordering::Release);
+        assert_eq!(candidates(&s, "session-x")[0], natural[0]);
+    }
+
     #[test]
     fn rendezvous_is_stable_and_spreads() {
         let bases = ["http://a:1", "http://b:1", "http://c:1"];

@@ -81,6 +81,20 @@ impl RotatingLog {
     }
 }
 
+/// A shared handle writes too (for logging frameworks that want an owned writer).
+impl Write for SharedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An owned handle to a [`RotatingLog`].
+#[derive(Debug, Clone)]
+pub struct SharedLog(pub Arc<RotatingLog>);
+
 impl Write for &RotatingLog {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
