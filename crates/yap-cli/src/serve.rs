@@ -179,6 +179,9 @@ pub struct ServeArgs {
     /// Embedded engine: CPU threads (0 = all cores).
     #[arg(long, env = "EMBEDDED_THREADS", default_value_t = 0)]
     pub threads: u32,
+    /// Embedded engine: share cached prefixes across sessions.
+    #[arg(long, env = "EMBEDDED_SHARE_PREFIXES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub share_prefixes: bool,
     /// Embedded engine: layers on the GPU (needs a `cuda` build).
     #[arg(long, env = "EMBEDDED_GPU_LAYERS", default_value_t = 0)]
     pub gpu_layers: u32,
@@ -278,6 +281,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         llama.batch_tokens = args.batch_tokens;
         llama.threads = args.threads;
         llama.gpu_layers = args.gpu_layers;
+        llama.share_prefixes = args.share_prefixes;
         Arc::new(
             tokio::task::spawn_blocking(move || LlamaEngine::start(llama))
                 .await

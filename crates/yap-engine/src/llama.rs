@@ -63,6 +63,8 @@ pub struct LlamaConfig {
     pub threads: u32,
     /// Layers offloaded to the GPU (with the `cuda` feature); 0 = CPU only.
     pub gpu_layers: u32,
+    /// Share cached prefixes across sessions (same persona → no prefill for a new session).
+    pub share_prefixes: bool,
 }
 
 impl LlamaConfig {
@@ -76,6 +78,7 @@ impl LlamaConfig {
             batch_tokens: 512,
             threads: 0,
             gpu_layers: 0,
+            share_prefixes: true,
         }
     }
 }
@@ -446,6 +449,7 @@ struct Scheduler<'m> {
     tick: u64,
     kv_tokens: usize,
     batch_tokens: usize,
+    share_prefixes: bool,
     counters: Arc<Counters>,
 }
 
@@ -488,6 +492,7 @@ fn decode_thread(
         tick: 0,
         kv_tokens: ctx.n_ctx() as usize,
         batch_tokens: config.batch_tokens as usize,
+        share_prefixes: config.share_prefixes,
         counters,
         ctx,
     };
@@ -692,7 +697,7 @@ impl Scheduler<'_> {
             .slots
             .iter()
             .enumerate()
-            .filter(|(i, s)| *i != slot && s.key.is_some())
+            .filter(|(i, s)| self.share_prefixes && *i != slot && s.key.is_some())
             .map(|(i, s)| (i, lcp(&s.tokens, &job.tokens).min(cap)))
             .max_by_key(|(_, n)| *n);
         match donor {
