@@ -12,6 +12,7 @@ pub mod llama;
 pub mod remote;
 pub mod supervise;
 pub mod template;
+pub mod text;
 pub mod tiny;
 
 use std::sync::Arc;

@@ -28,7 +28,7 @@ use llama_cpp_2::{DecodeError, LogOptions, send_logs_to_tracing};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::template::{ChatTemplate, builtin_for, looks_instruct};
+use crate::text::TextModel;
 use crate::{
     AbortHandle, ChatEngine, ChatMessage, EngineError, EngineEvent, EngineInfo, EngineStats,
     EngineUsage, FinishReason, GenerateRequest, GenerationStream, SamplingParams, StopFilter,
@@ -36,7 +36,8 @@ use crate::{
 
 static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
 
-fn backend() -> Result<&'static LlamaBackend, EngineError> {
+/// The process-wide llama.cpp backend (initialised once).
+pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
     BACKEND
         .get_or_init(|| {
             send_logs_to_tracing(LogOptions::default());
@@ -105,110 +106,6 @@ enum Command {
     Shutdown,
 }
 
-/// A model's tokenizer and chat template (from a GGUF file), for prompt rendering and token
-/// budgets. The embedded engine uses it with the full model; remote engines load the GGUF
-/// vocabulary only.
-pub struct TextModel {
-    model: Arc<LlamaModel>,
-    template: ChatTemplate,
-    /// Stop strings of the prompt format (built-in templates only).
-    pub stops: Vec<String>,
-    /// `general.name` of the model.
-    pub name: String,
-}
-
-impl std::fmt::Debug for TextModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextModel")
-            .field("name", &self.name)
-            .finish()
-    }
-}
-
-impl TextModel {
-    /// Loads only the vocabulary and metadata of a GGUF file.
-    pub fn load_vocab(path: &std::path::Path) -> Result<Self, EngineError> {
-        let backend = backend()?;
-        let load_err = |reason: String| EngineError::Load {
-            path: path.display().to_string(),
-            reason,
-        };
-        if !path.is_file() {
-            return Err(load_err("no such file".into()));
-        }
-        let params = LlamaModelParams::default().with_vocab_only(true);
-        let model = LlamaModel::load_from_file(backend, path, &params)
-            .map_err(|e| load_err(e.to_string()))?;
-        Self::from_model(Arc::new(model))
-    }
-
-    fn from_model(model: Arc<LlamaModel>) -> Result<Self, EngineError> {
-        let vocab = model.vocab();
-        let piece = |t: LlamaToken| {
-            String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
-        };
-        let bos = piece(vocab.bos());
-        let eos = piece(vocab.eos());
-        let name = model
-            .meta_val_str("general.name")
-            .or_else(|_| model.meta_val_str("general.basename"))
-            .unwrap_or_default();
-        let (source, stops) = match model.meta_val_str("tokenizer.chat_template") {
-            Ok(t) => (t, Vec::new()),
-            Err(_) => {
-                let arch = model
-                    .meta_val_str("general.architecture")
-                    .unwrap_or_default();
-                let (t, stops) = builtin_for(&arch, looks_instruct(&name));
-                info!(model = %name, arch = %arch, "model has no chat template; using a built-in one");
-                (t.to_owned(), stops.iter().map(|s| s.to_string()).collect())
-            }
-        };
-        let template = ChatTemplate::new(&source, &bos, &eos)?;
-        Ok(Self {
-            model,
-            template,
-            stops,
-            name,
-        })
-    }
-
-    /// Tokenizes (special tokens parsed when `special`).
-    pub fn tokenize(&self, text: &str, special: bool) -> Vec<LlamaToken> {
-        self.model.vocab().tokenize(text.as_bytes(), false, special)
-    }
-
-    /// Renders messages with the generation prompt appended.
-    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
-        self.template.render(messages, true)
-    }
-
-    /// Tokens of plain text.
-    pub fn count_tokens(&self, text: &str) -> usize {
-        self.tokenize(text, false).len()
-    }
-
-    /// Prompt tokens of rendered text (special tokens parsed).
-    pub fn count_prompt_tokens(&self, text: &str) -> usize {
-        self.tokenize(text, true).len()
-    }
-
-    /// Cuts text to `max_tokens`, keeping the start or the end.
-    pub fn truncate_tokens(&self, text: &str, max_tokens: usize, keep_start: bool) -> String {
-        let tokens = self.tokenize(text, false);
-        if tokens.len() <= max_tokens {
-            return text.to_owned();
-        }
-        let kept = if keep_start {
-            &tokens[..max_tokens]
-        } else {
-            &tokens[tokens.len() - max_tokens..]
-        };
-        let bytes = self.model.vocab().detokenize(kept, false, false);
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
 #[derive(Debug, Default)]
 struct Counters {
     active: AtomicU64,
@@ -255,7 +152,7 @@ impl LlamaEngine {
         let model = LlamaModel::load_from_file(backend, &config.model_path, &params)
             .map_err(|e| load_err(e.to_string()))?;
         let model = Arc::new(model);
-        let text = TextModel::from_model(Arc::clone(&model))?;
+        let text = TextModel::from_llama(Arc::clone(&model))?;
 
         let (tx, rx) = std_mpsc::channel();
         let (ready_tx, ready_rx) = std_mpsc::channel();

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::llama::TextModel;
+use crate::text::TextModel;
 use crate::{
     AbortHandle, ChatEngine, ChatMessage, EngineError, EngineEvent, EngineInfo, EngineStats,
     EngineUsage, FinishReason, GenerateRequest, GenerationStream,
@@ -155,13 +155,14 @@ async fn check_health(shared: &Shared, r: &Replica) -> bool {
 }
 
 impl RemoteEngine {
-    /// Connects to the replicas (waits for one health check round); `vocab` is a GGUF of the
-    /// served model for the tokenizer and chat template. Needs a Tokio runtime.
+    /// Connects to the replicas (waits for one health check round); `vocab` is the served
+    /// model's GGUF or HF folder (`tokenizer.json`, `tokenizer_config.json`), for the tokenizer
+    /// and chat template. Needs a Tokio runtime.
     pub async fn start(config: RemoteConfig, vocab: &Path) -> Result<Self, EngineError> {
         if config.urls.is_empty() {
             return Err(EngineError::Unavailable("no engine URL given".into()));
         }
-        let text = TextModel::load_vocab(vocab)?;
+        let text = TextModel::load(vocab)?;
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)

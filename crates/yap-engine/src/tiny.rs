@@ -270,9 +270,79 @@ pub fn write_tiny_model(path: &Path, spec: TinyModelSpec) -> io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
+/// Writes the same tokenizer as a Hugging Face folder (`tokenizer.json`, byte-level BPE, and
+/// `tokenizer_config.json` with the ChatML template), as an HF checkpoint of the model would
+/// ship it.
+pub fn write_tiny_hf_tokenizer(dir: &Path, spec: TinyModelSpec) -> io::Result<()> {
+    let (tokens, merges) = train_bpe(spec.n_merges);
+    let n = tokens.len();
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), serde_json::json!(i)))
+        .collect();
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            serde_json::json!({"id": n + k, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+        "trim_offsets": true, "use_regex": true});
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+    });
+    let config = serde_json::json!({"chat_template": CHATML_TEMPLATE,
+        "bos_token": "<|endoftext|>", "eos_token": "<|im_end|>"});
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string())?;
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hf_and_gguf_tokenizers_agree() {
+        let dir = std::env::temp_dir().join(format!("yap-tiny-tok-{}", std::process::id()));
+        let spec = TinyModelSpec::default();
+        write_tiny_model(&dir.join("tiny.gguf"), spec).unwrap();
+        write_tiny_hf_tokenizer(&dir.join("hf"), spec).unwrap();
+        let gguf = crate::text::TextModel::load(&dir.join("tiny.gguf")).unwrap();
+        let hf = crate::text::TextModel::load(&dir.join("hf")).unwrap();
+        for text in [
+            "Hello there, how are you today?",
+            "Who was Columbus? 1492!",
+            "  odd   spacing\n",
+        ] {
+            assert_eq!(
+                gguf.tokenize(text, false),
+                hf.tokenize(text, false),
+                "{text:?}"
+            );
+        }
+        let msgs = [crate::ChatMessage::new(crate::Role::User, "Hi")];
+        let rendered = hf.render(&msgs).unwrap();
+        assert_eq!(rendered, gguf.render(&msgs).unwrap());
+        assert_eq!(
+            hf.count_prompt_tokens(&rendered),
+            gguf.count_prompt_tokens(&rendered)
+        );
+        assert_eq!(
+            hf.truncate_tokens("Tell me a joke about the weather", 3, true),
+            gguf.truncate_tokens("Tell me a joke about the weather", 3, true)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn bpe_is_deterministic_and_consistent() {
