@@ -1,0 +1,15 @@
+//! The tool classifier: decides for each user turn whether the app should take a screenshot.
+//!
+//! A Hugging Face `AutoModelForSequenceClassification` folder (config.json with `id2label`,
+//! `model.safetensors`, `tokenizer.json`) runs in-process on candle ([`classifier`]); a
+//! [`ToolModel`] adds the tokenizer, left truncation and the yes/no decision; a [`ToolService`]
+//! micro-batches concurrent turns on its own thread pool.
+
+pub mod classifier;
+pub mod config;
+pub mod distilbert;
+mod error;
+pub mod longformer;
+
+pub use classifier::SequenceClassifier;
+pub use error::ToolError;
