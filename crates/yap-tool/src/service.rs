@@ -1,0 +1,231 @@
+//! Micro-batched classification on a dedicated thread pool.
+//!
+//! Turns submit their context; a worker thread takes the first waiting request, keeps
+//! collecting for `batch_window` (or until `max_batch`), drops requests whose turn was
+//! cancelled meanwhile, and runs one padded batch inside its own rayon pool of `threads`
+//! threads, so classification never runs on the async runtime or the chat engine's threads.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::ToolError;
+use crate::tool::{ToolModel, ToolVerdict};
+
+/// Batching and threading settings.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Threads of the classifier's own pool (`TOOL_THREADS`).
+    pub threads: usize,
+    /// How long the first request of a batch waits for company (`TOOL_BATCH_WINDOW_MS`).
+    pub batch_window: Duration,
+    /// Most requests in one batch (`TOOL_MAX_BATCH`); 1 turns batching off.
+    pub max_batch: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            batch_window: Duration::from_millis(3),
+            max_batch: 16,
+        }
+    }
+}
+
+/// Counters, for `/health` and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Contexts classified.
+    pub classified: u64,
+    /// Batches run.
+    pub batches: u64,
+    /// Largest batch so far.
+    pub peak_batch: u64,
+    /// Requests dropped because their turn was cancelled before the batch ran.
+    pub skipped_cancelled: u64,
+}
+
+struct Job {
+    context: String,
+    cancelled: Arc<AtomicBool>,
+    reply: oneshot::Sender<Result<ToolVerdict, ToolError>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    classified: AtomicU64,
+    batches: AtomicU64,
+    peak_batch: AtomicU64,
+    skipped: AtomicU64,
+}
+
+/// The running classifier.
+pub struct ToolService {
+    tx: std::sync::Mutex<mpsc::Sender<Job>>,
+    counters: Arc<Counters>,
+    max_tokens: usize,
+    labels: Vec<String>,
+    name: String,
+}
+
+impl std::fmt::Debug for ToolService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolService").field("name", &self.name).finish()
+    }
+}
+
+/// Marks the job cancelled when the waiting future is dropped before its answer came.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl ToolService {
+    /// Starts the worker thread and its pool around a loaded model.
+    pub fn start(model: ToolModel, config: ServiceConfig) -> Result<Arc<Self>, ToolError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.threads.max(1))
+            .thread_name(|i| format!("yap-tool-{i}"))
+            .build()
+            .map_err(|e| ToolError::Config(format!("tool thread pool: {e}")))?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let counters = Arc::new(Counters::default());
+        let name = model
+            .dir()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "tool-model".into());
+        let max_tokens = model.max_tokens();
+        let labels = model.classifier().labels().to_vec();
+        let c = Arc::clone(&counters);
+        std::thread::Builder::new()
+            .name("yap-tool-batcher".into())
+            .spawn(move || worker(model, config, pool, rx, c))
+            .map_err(|e| ToolError::Config(format!("tool worker thread: {e}")))?;
+        Ok(Arc::new(Self {
+            tx: std::sync::Mutex::new(tx),
+            counters,
+            max_tokens,
+            labels,
+            name,
+        }))
+    }
+
+    /// The model folder's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Input token budget.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// The model's labels.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ServiceStats {
+        let c = &self.counters;
+        ServiceStats {
+            classified: c.classified.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            peak_batch: c.peak_batch.load(Ordering::Relaxed),
+            skipped_cancelled: c.skipped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Classifies one context. Dropping the returned future (a cancelled turn) withdraws the
+    /// request: if its batch has not started, it is never computed.
+    pub async fn classify(&self, context: String) -> Result<ToolVerdict, ToolError> {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            context,
+            cancelled: Arc::clone(&cancelled),
+            reply,
+        };
+        self.tx
+            .lock()
+            .map_err(|_| ToolError::Stopped)?
+            .send(job)
+            .map_err(|_| ToolError::Stopped)?;
+        let guard = CancelOnDrop(cancelled);
+        let out = rx.await.map_err(|_| ToolError::Stopped)?;
+        std::mem::forget(guard);
+        out
+    }
+}
+
+fn worker(
+    model: ToolModel,
+    config: ServiceConfig,
+    pool: rayon::ThreadPool,
+    rx: mpsc::Receiver<Job>,
+    counters: Arc<Counters>,
+) {
+    let max_batch = config.max_batch.max(1);
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + config.batch_window;
+        while jobs.len() < max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // Whatever is already queued still joins.
+                match rx.try_recv() {
+                    Ok(j) => {
+                        jobs.push(j);
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+            }
+            match rx.recv_timeout(left) {
+                Ok(j) => jobs.push(j),
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let (live, dead): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            .partition(|j| !j.cancelled.load(Ordering::Acquire));
+        for j in dead {
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            let _ = j.reply.send(Err(ToolError::Cancelled));
+        }
+        if live.is_empty() {
+            continue;
+        }
+        let t = Instant::now();
+        let contexts: Vec<&str> = live.iter().map(|j| j.context.as_str()).collect();
+        let result = pool.install(|| model.classify(&contexts));
+        let n = live.len() as u64;
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters.classified.fetch_add(n, Ordering::Relaxed);
+        counters.peak_batch.fetch_max(n, Ordering::Relaxed);
+        debug!(batch = n, ms = t.elapsed().as_secs_f64() * 1e3, "tool batch");
+        match result {
+            Ok(verdicts) => {
+                for (j, v) in live.into_iter().zip(verdicts) {
+                    let _ = j.reply.send(Ok(v));
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "tool classification failed");
+                let msg = e.to_string();
+                for j in live {
+                    let _ = j.reply.send(Err(ToolError::Config(msg.clone())));
+                }
+            }
+        }
+    }
+}
