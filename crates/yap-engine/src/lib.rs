@@ -9,6 +9,7 @@ pub mod fit;
 pub mod gguf;
 pub mod launch;
 pub mod llama;
+pub mod none;
 pub mod remote;
 pub mod supervise;
 pub mod template;

@@ -131,6 +131,24 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
             "cached_prompt_tokens": stats.cached_prompt_tokens,
             "shared_prefix_tokens": stats.shared_prefix_tokens,
         },
+        "deploy_mode": match state.core.config().deploy_mode {
+            yap_core::DeployMode::Both => "both",
+            yap_core::DeployMode::Chat => "chat",
+            yap_core::DeployMode::Tool => "tool",
+        },
+        "tool": state.core.tool().map(|t| {
+            let st = t.stats();
+            json!({
+                "model": t.name(),
+                "labels": t.labels(),
+                "max_tokens": t.max_tokens(),
+                "threshold": state.core.config().tool_threshold,
+                "classified": st.classified,
+                "batches": st.batches,
+                "peak_batch": st.peak_batch,
+                "skipped_cancelled": st.skipped_cancelled,
+            })
+        }),
         "reason": if ready { None } else { Some("chat engine is not running") },
     });
     let code = if ready {

@@ -19,7 +19,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ToolError + '_ {
 
 /// The `__metadata__` map of a safetensors buffer.
 pub fn safetensors_metadata(bytes: &[u8]) -> HashMap<String, String> {
-    let Some(len) = bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes) else {
+    let Some(len) = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+    else {
         return HashMap::new();
     };
     let header = bytes.get(8..8 + len as usize).unwrap_or_default();
@@ -43,7 +47,11 @@ pub fn merge_adapter(base: &Path, adapter: &[u8], out: &Path) -> Result<(), Tool
         if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) {
             continue;
         }
-        let name = if key.starts_with("bert.") { key } else { format!("bert.{key}") };
+        let name = if key.starts_with("bert.") {
+            key
+        } else {
+            format!("bert.{key}")
+        };
         let mut t = t.to_dtype(DType::F32)?;
         if let (Some(a), Some(b)) = (
             delta.get(&format!("{name}.lora_a")),
@@ -65,10 +73,14 @@ pub fn merge_adapter(base: &Path, adapter: &[u8], out: &Path) -> Result<(), Tool
     std::fs::create_dir_all(out).map_err(io(out))?;
     candle_core::safetensors::save(&merged, out.join("model.safetensors"))?;
     let cfg_path = base.join("config.json");
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?)
-        .map_err(|e| ToolError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?)
+            .map_err(|e| ToolError::Config(format!("{}: {e}", cfg_path.display())))?;
     if let Some(obj) = cfg.as_object_mut() {
-        obj.insert("architectures".into(), json!(["BertForSequenceClassification"]));
+        obj.insert(
+            "architectures".into(),
+            json!(["BertForSequenceClassification"]),
+        );
         obj.insert("id2label".into(), json!({"0": "no", "1": "yes"}));
         obj.insert("label2id".into(), json!({"no": 0, "yes": 1}));
         obj.remove("_name_or_path");

@@ -1,20 +1,20 @@
 //! Sequence classifiers in the Hugging Face `*ForSequenceClassification` layouts, on candle.
 //!
-//! BERT, RoBERTa / XLM-RoBERTa and ModernBERT backbones come from `candle-transformers`; their
-//! classification heads, DistilBERT and Longformer are built here exactly as `transformers`
-//! defines them.
+//! The ModernBERT backbone comes from `candle-transformers` (its head is built here); BERT,
+//! RoBERTa / XLM-RoBERTa and Longformer share [`crate::encoder`], DistilBERT has
+//! [`crate::distilbert`] — all as `transformers` defines them (see those modules for why).
 
 use std::path::Path;
 
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Activation, LayerNorm, Linear, VarBuilder, linear, linear_no_bias};
-use candle_transformers::models::{bert, modernbert, xlm_roberta};
+use candle_transformers::models::modernbert;
 use serde_json::{Value, json};
 
 use crate::ToolError;
-use crate::config::{Arch, ModelConfig, with_defaults};
+use crate::config::{Arch, ModelConfig};
 use crate::distilbert::DistilBert;
-use crate::longformer::Longformer;
+use crate::encoder::Encoder;
 
 /// How a ModernBERT head pools the sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,14 +24,8 @@ enum Pooling {
 }
 
 enum Backbone {
-    Bert {
-        model: bert::BertModel,
-        pooler: Linear,
-        classifier: Linear,
-    },
+    Encoder(Encoder),
     DistilBert(DistilBert),
-    Roberta(xlm_roberta::XLMRobertaForSequenceClassification),
-    Longformer(Longformer),
     ModernBert {
         model: modernbert::ModernBert,
         dense: Linear,
@@ -86,56 +80,10 @@ impl SequenceClassifier {
         let raw = &config.raw;
         let pad_id = config.usize("pad_token_id").unwrap_or(0) as u32;
         let backbone = match config.arch {
-            Arch::Bert => {
-                let cfg: bert::Config = de(
-                    with_defaults(
-                        raw,
-                        &[
-                            ("hidden_act", json!("gelu")),
-                            ("hidden_dropout_prob", json!(0.1)),
-                            ("type_vocab_size", json!(2)),
-                            ("initializer_range", json!(0.02)),
-                            ("layer_norm_eps", json!(1e-12)),
-                            ("pad_token_id", json!(0)),
-                        ],
-                    ),
-                    "bert",
-                )?;
-                let h = cfg.hidden_size;
-                Backbone::Bert {
-                    model: bert::BertModel::load(vb.pp("bert"), &cfg)?,
-                    pooler: linear(h, h, vb.pp("bert.pooler.dense"))?,
-                    classifier: linear(h, n, vb.pp("classifier"))?,
-                }
+            Arch::Bert | Arch::Roberta | Arch::Longformer => {
+                Backbone::Encoder(Encoder::load(&config, vb)?)
             }
             Arch::DistilBert => Backbone::DistilBert(DistilBert::load(&config, vb)?),
-            Arch::Roberta => {
-                let cfg: xlm_roberta::Config = de(
-                    with_defaults(
-                        raw,
-                        &[
-                            ("attention_probs_dropout_prob", json!(0.1)),
-                            ("hidden_dropout_prob", json!(0.1)),
-                            ("position_embedding_type", json!("absolute")),
-                            ("hidden_act", json!("gelu")),
-                            ("type_vocab_size", json!(1)),
-                            ("layer_norm_eps", json!(1e-5)),
-                            ("pad_token_id", json!(1)),
-                        ],
-                    ),
-                    "roberta",
-                )?;
-                if cfg.position_embedding_type != "absolute" {
-                    return Err(ToolError::Unsupported(format!(
-                        "{} with position_embedding_type={}",
-                        config.model_type, cfg.position_embedding_type
-                    )));
-                }
-                Backbone::Roberta(xlm_roberta::XLMRobertaForSequenceClassification::new(
-                    n, &cfg, vb,
-                )?)
-            }
-            Arch::Longformer => Backbone::Longformer(Longformer::load(&config, vb)?),
             Arch::ModernBert => {
                 let rope = |kind: &str, legacy: &str, default: f64| {
                     config
@@ -248,19 +196,8 @@ impl SequenceClassifier {
     /// Logits for an id tensor `(b, s)` and its 0/1 attention mask.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, ToolError> {
         let out = match &self.backbone {
-            Backbone::Bert {
-                model,
-                pooler,
-                classifier,
-            } => {
-                let types = ids.zeros_like()?;
-                let h = model.forward(ids, &types, Some(mask))?;
-                let cls = h.i((.., 0))?.contiguous()?;
-                classifier.forward(&pooler.forward(&cls)?.tanh()?)?
-            }
+            Backbone::Encoder(m) => m.forward(ids, mask)?,
             Backbone::DistilBert(m) => m.forward(ids, mask)?,
-            Backbone::Roberta(m) => m.forward(ids, mask, &ids.zeros_like()?)?,
-            Backbone::Longformer(m) => m.forward(ids, mask)?,
             Backbone::ModernBert {
                 model,
                 dense,

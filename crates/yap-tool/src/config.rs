@@ -135,16 +135,3 @@ impl ModelConfig {
         self.labels.len()
     }
 }
-
-/// Fills defaults for keys that older or newer transformers releases leave out of config.json.
-pub(crate) fn with_defaults(raw: &Value, defaults: &[(&str, Value)]) -> Value {
-    let mut v = raw.clone();
-    if let Some(obj) = v.as_object_mut() {
-        for (k, d) in defaults {
-            if !obj.contains_key(*k) || obj[*k].is_null() {
-                obj.insert((*k).to_owned(), d.clone());
-            }
-        }
-    }
-    v
-}

@@ -10,6 +10,7 @@ use candle_nn::{
 
 use crate::ToolError;
 use crate::config::ModelConfig;
+use crate::encoder::{activate, lin};
 
 struct Block {
     q: Linear,
@@ -116,16 +117,16 @@ impl Block {
         let (b, s, d) = x.dims3()?;
         let hd = d / heads;
         let split = |t: Tensor| t.reshape((b, s, heads, hd))?.transpose(1, 2)?.contiguous();
-        let q = split((self.q.forward(x)? / (hd as f64).sqrt())?)?;
-        let k = split(self.k.forward(x)?)?;
-        let v = split(self.v.forward(x)?)?;
+        let q = split((lin(&self.q, x)? / (hd as f64).sqrt())?)?;
+        let k = split(lin(&self.k, x)?)?;
+        let v = split(lin(&self.v, x)?)?;
         let scores = q
             .matmul(&k.transpose(2, 3)?.contiguous()?)?
             .broadcast_add(bias)?;
         let ctx = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, s, d))?;
-        let a = self.sa_norm.forward(&(self.out.forward(&ctx)? + x)?)?;
-        let f = self.lin2.forward(&act.forward(&self.lin1.forward(&a)?)?)?;
+        let a = self.sa_norm.forward(&(lin(&self.out, &ctx)? + x)?)?;
+        let f = lin(&self.lin2, &activate(act, &lin(&self.lin1, &a)?)?)?;
         self.out_norm.forward(&(f + a)?)
     }
 }

@@ -9,8 +9,8 @@ pub mod assemble;
 pub mod classifier;
 pub mod config;
 pub mod distilbert;
+pub mod encoder;
 mod error;
-pub mod longformer;
 pub mod service;
 pub mod tool;
 

@@ -74,7 +74,9 @@ pub struct ToolService {
 
 impl std::fmt::Debug for ToolService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ToolService").field("name", &self.name).finish()
+        f.debug_struct("ToolService")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -212,7 +214,11 @@ fn worker(
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters.classified.fetch_add(n, Ordering::Relaxed);
         counters.peak_batch.fetch_max(n, Ordering::Relaxed);
-        debug!(batch = n, ms = t.elapsed().as_secs_f64() * 1e3, "tool batch");
+        debug!(
+            batch = n,
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            "tool batch"
+        );
         match result {
             Ok(verdicts) => {
                 for (j, v) in live.into_iter().zip(verdicts) {

@@ -5,15 +5,22 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::classifier::{SequenceClassifier, softmax};
 use crate::ToolError;
+use crate::classifier::{SequenceClassifier, softmax};
 
 /// Used when neither the model nor `TOOL_HISTORY_TOKENS` gives a budget.
 pub const DEFAULT_HISTORY_TOKENS: usize = 512;
 
 /// Label names read as "take a screenshot" (case-insensitive).
 const POSITIVE_LABELS: [&str; 8] = [
-    "yes", "screenshot", "take_screenshot", "tool", "true", "positive", "1", "label_1",
+    "yes",
+    "screenshot",
+    "take_screenshot",
+    "tool",
+    "true",
+    "positive",
+    "1",
+    "label_1",
 ];
 
 /// One classification.
@@ -60,7 +67,7 @@ fn model_max_length(dir: &Path) -> Option<usize> {
     let v: Value = serde_json::from_str(&text).ok()?;
     let n = v.get("model_max_length")?.as_f64()?;
     // transformers writes 1e30 for "no limit".
-    (n >= 1.0 && n < 1e9).then_some(n as usize)
+    (1.0..1e9).contains(&n).then_some(n as usize)
 }
 
 impl ToolModel {
@@ -69,8 +76,9 @@ impl ToolModel {
     /// else 512); it is capped at what the position table allows.
     pub fn load(dir: &Path, history_tokens: Option<usize>) -> Result<Self, ToolError> {
         let classifier = SequenceClassifier::load(dir)?;
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| ToolError::Tokenizer(format!("{}: {e}", dir.join("tokenizer.json").display())))?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| {
+            ToolError::Tokenizer(format!("{}: {e}", dir.join("tokenizer.json").display()))
+        })?;
         let limit = classifier.config().max_tokens();
         let own = model_max_length(dir)
             .into_iter()
@@ -162,7 +170,10 @@ impl ToolModel {
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| *i != self.positive)
-                    .fold((0, f32::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
+                    .fold(
+                        (0, f32::MIN),
+                        |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+                    );
                 ToolVerdict {
                     yes_probability: p.get(self.positive).copied().unwrap_or(0.0),
                     yes_label: labels[self.positive].clone(),

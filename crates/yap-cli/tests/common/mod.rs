@@ -52,6 +52,7 @@ pub async fn try_server(extra: &[&str]) -> anyhow::Result<Running> {
         "--threads=1".into(),
         "--kv-tokens=65536".into(),
         "--chat-max-len=8192".into(),
+        "--deploy-mode=chat".into(),
     ];
     // Extra flags replace defaults of the same name.
     argv.retain(|a| {
