@@ -7,4 +7,5 @@ pub mod double;
 pub mod model_fetch;
 pub mod plot;
 pub mod serve;
+pub mod tool_eval;
 pub mod tools;

@@ -42,6 +42,9 @@ enum Command {
     },
     /// Switch persona mid-session and show the replies follow.
     Personality(PersonalityArgs),
+    /// Replay a labelled case file (JSONL) against a server: tool accuracy, confusion matrix,
+    /// toolcall latency.
+    ToolEval(yap_cli::tool_eval::ToolEvalArgs),
     /// Fit check: do weights + KV cache for CHAT_MAX_LEN × batch fit a GPU? Exit 1 if not.
     Check(yap_cli::check::CheckArgs),
     /// Fetch and cache the default chat model (or with --tool the default tool model), print
@@ -106,6 +109,11 @@ async fn main() -> Result<()> {
         Command::Live(args) => tools::live(&args).await?,
         Command::Conversation { client } => tools::conversation(&client).await?,
         Command::Personality(args) => tools::personality(&args).await?,
+        Command::ToolEval(args) => {
+            if !yap_cli::tool_eval::run(&args).await? {
+                std::process::exit(1);
+            }
+        }
         Command::Check(args) => {
             if !yap_cli::check::run(&args)? {
                 std::process::exit(1);

@@ -212,6 +212,10 @@ pub struct ServeArgs {
     /// Micro-batch window: how long a classification waits for concurrent ones (ms).
     #[arg(long, env = "TOOL_BATCH_WINDOW_MS", default_value_t = 3.0)]
     pub tool_batch_window_ms: f64,
+    /// Wait the batch window only under concurrency (a lone turn is classified at once); false:
+    /// every batch waits the full window.
+    #[arg(long, env = "TOOL_BATCH_ADAPTIVE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tool_batch_adaptive: bool,
     /// Most classifications in one batch (1 = no batching).
     #[arg(long, env = "TOOL_MAX_BATCH", default_value_t = 16)]
     pub tool_max_batch: usize,
@@ -266,6 +270,7 @@ async fn start_tool(args: &ServeArgs) -> Result<Arc<ToolService>> {
         threads,
         batch_window: Duration::from_secs_f64(args.tool_batch_window_ms.max(0.0) / 1000.0),
         max_batch: args.tool_max_batch.max(1),
+        adaptive: args.tool_batch_adaptive,
     };
     let history_tokens = args.tool_history_tokens;
     let d = dir.clone();

@@ -192,3 +192,69 @@ async fn live_streams_switches_persona_and_quits() {
     );
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_eval_reports_accuracy_confusion_and_latency() {
+    let fx = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../yap-tool/tests/fixtures/bert"
+    );
+    let cases = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tools/tool-model/data/eval-cases.jsonl"
+    );
+    // Both modes: in `both` the chat reply is cancelled once the toolcall is in.
+    for mode in ["tool", "both"] {
+        let r = server(&[
+            &format!("--deploy-mode={mode}"),
+            &format!("--tool-model={fx}"),
+        ])
+        .await;
+        let out = output(yap(
+            &r,
+            &[
+                "tool-eval",
+                "--cases",
+                cases,
+                "--concurrency",
+                "3",
+                "--limit",
+                "12",
+                "--timeout",
+                "30",
+            ],
+        ))
+        .await;
+        assert!(out.contains("cases: 12"), "{out}");
+        let acc = out
+            .lines()
+            .find(|l| l.starts_with("accuracy: "))
+            .expect("accuracy line");
+        assert!(acc.contains("of 12), errors: 0"), "{mode}: {out}");
+        assert!(out.contains("confusion matrix"), "{out}");
+        assert!(
+            out.contains("expected yes") && out.contains("expected no"),
+            "{out}"
+        );
+        assert!(out.contains("toolcall latency ms: p50"), "{out}");
+        r.stop().await;
+    }
+    // A chat-only server has no tool model: every case is an error, and --min-accuracy fails.
+    let r = server(&[]).await;
+    let mut cmd = yap(
+        &r,
+        &[
+            "tool-eval",
+            "--cases",
+            cases,
+            "--limit",
+            "2",
+            "--min-accuracy",
+            "0.5",
+        ],
+    );
+    let out = cmd.output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("errors: 2"));
+    r.stop().await;
+}

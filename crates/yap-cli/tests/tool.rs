@@ -129,6 +129,7 @@ async fn concurrent_turns_are_classified_in_batches() {
         "--deploy-mode=tool",
         &format!("--tool-model={fx}"),
         "--tool-batch-window-ms=200",
+        "--tool-batch-adaptive=false",
     ])
     .await;
     let mut conns = Vec::new();
@@ -155,12 +156,13 @@ async fn concurrent_turns_are_classified_in_batches() {
 #[tokio::test]
 async fn cancel_and_barge_in_abort_a_pending_classification() {
     let fx = fixture();
-    // A long batch window keeps the classification pending.
+    // A fixed (non-adaptive) long window keeps the classification pending.
     for mode in ["tool", "both"] {
         let r = server(&[
             &format!("--deploy-mode={mode}"),
             &format!("--tool-model={fx}"),
             "--tool-batch-window-ms=1500",
+            "--tool-batch-adaptive=false",
         ])
         .await;
         let mut ws = connect(&r).await;

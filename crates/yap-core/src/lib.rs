@@ -587,6 +587,7 @@ impl Core {
             holding: tool_future.is_some(),
             reply: String::new(),
             first_token: None,
+            toolcall_ms: None,
             t0,
         };
         let mut tool_future = tool_future;
@@ -642,6 +643,7 @@ impl Core {
                     match verdict {
                         Ok(v) => {
                             let _ = sink.send(self.toolcall_frame(&v, t0));
+                            out.toolcall_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
                             out.release();
                         }
                         Err(e) => {
@@ -833,6 +835,8 @@ struct Output<'a> {
     holding: bool,
     reply: String,
     first_token: Option<f64>,
+    /// When the toolcall frame went out (the turn's first byte in `both` mode).
+    toolcall_ms: Option<f64>,
     t0: Instant,
 }
 
@@ -873,7 +877,7 @@ impl Output<'_> {
                 let ttft = self.first_token.unwrap_or(now);
                 let _ = self.sink.send(ServerFrame::Done {
                     usage: Some(Usage {
-                        ttfb_ms: ttft,
+                        ttfb_ms: self.toolcall_ms.unwrap_or(ttft),
                         ttft_ms: ttft,
                         total_ms: now,
                         ..usage.clone()

@@ -82,6 +82,7 @@ async fn main() {
                 threads,
                 batch_window: Duration::from_millis(window_ms),
                 max_batch,
+                adaptive: true,
             },
         )
         .expect("start");

@@ -1,9 +1,11 @@
 //! Micro-batched classification on a dedicated thread pool.
 //!
-//! Turns submit their context; a worker thread takes the first waiting request, keeps
-//! collecting for `batch_window` (or until `max_batch`), drops requests whose turn was
-//! cancelled meanwhile, and runs one padded batch inside its own rayon pool of `threads`
-//! threads, so classification never runs on the async runtime or the chat engine's threads.
+//! Turns submit their context; a worker thread takes every waiting request (up to
+//! `max_batch`) and, under concurrency (the previous batch or the queue held more than one),
+//! keeps collecting for `batch_window`; a lone request runs at once, and requests arriving while
+//! a batch computes form the next one. Requests whose turn was cancelled meanwhile are dropped;
+//! the batch runs inside the service's own rayon pool of `threads` threads, so classification
+//! never runs on the async runtime or the chat engine's threads.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -20,10 +22,13 @@ use crate::tool::{ToolModel, ToolVerdict};
 pub struct ServiceConfig {
     /// Threads of the classifier's own pool (`TOOL_THREADS`).
     pub threads: usize,
-    /// How long the first request of a batch waits for company (`TOOL_BATCH_WINDOW_MS`).
+    /// Under concurrency, how long a batch waits for more requests (`TOOL_BATCH_WINDOW_MS`).
     pub batch_window: Duration,
     /// Most requests in one batch (`TOOL_MAX_BATCH`); 1 turns batching off.
     pub max_batch: usize,
+    /// Wait the window only under concurrency (`TOOL_BATCH_ADAPTIVE`, default); when false every
+    /// batch waits the full window.
+    pub adaptive: bool,
 }
 
 impl Default for ServiceConfig {
@@ -32,6 +37,7 @@ impl Default for ServiceConfig {
             threads: 2,
             batch_window: Duration::from_millis(3),
             max_batch: 16,
+            adaptive: true,
         }
     }
 }
@@ -176,25 +182,30 @@ fn worker(
     counters: Arc<Counters>,
 ) {
     let max_batch = config.max_batch.max(1);
+    let mut last_batch = 0usize;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
-        let deadline = Instant::now() + config.batch_window;
+        // Whatever is queued joins at once.
         while jobs.len() < max_batch {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                // Whatever is already queued still joins.
-                match rx.try_recv() {
-                    Ok(j) => {
-                        jobs.push(j);
-                        continue;
-                    }
-                    Err(_) => break,
-                }
-            }
-            match rx.recv_timeout(left) {
+            match rx.try_recv() {
                 Ok(j) => jobs.push(j),
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(_) => break,
+            }
+        }
+        // The window is waited only under concurrency (the last batch or the queue held more
+        // than one request): a lone turn is classified at once, a burst fills its batch.
+        if !config.adaptive || last_batch > 1 || jobs.len() > 1 {
+            let deadline = Instant::now() + config.batch_window;
+            while jobs.len() < max_batch {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(left) {
+                    Ok(j) => jobs.push(j),
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
             }
         }
         let (live, dead): (Vec<Job>, Vec<Job>) = jobs
@@ -207,6 +218,7 @@ fn worker(
         if live.is_empty() {
             continue;
         }
+        last_batch = live.len();
         let t = Instant::now();
         let contexts: Vec<&str> = live.iter().map(|j| j.context.as_str()).collect();
         let result = pool.install(|| model.classify(&contexts));

@@ -49,3 +49,35 @@ fn user_context_puts_the_current_utterance_last() {
     let c = user_context(["first", " ", "second "], " now ");
     assert_eq!(c, "first\nsecond\nnow");
 }
+
+#[tokio::test]
+async fn adaptive_window_runs_a_lone_request_at_once_and_a_fixed_one_waits() {
+    use std::time::{Duration, Instant};
+    use yap_tool::{ServiceConfig, ToolService};
+    for (adaptive, min, max) in [(true, 0, 900), (false, 1000, 10_000)] {
+        let model = ToolModel::load(&fixture(), None).unwrap();
+        let cfg = ServiceConfig {
+            threads: 1,
+            batch_window: Duration::from_millis(1000),
+            max_batch: 16,
+            adaptive,
+        };
+        let service = ToolService::start(model, cfg).unwrap();
+        let t = Instant::now();
+        let v = service.classify("look at this".into()).await.unwrap();
+        let ms = t.elapsed().as_millis();
+        assert!((min..max).contains(&ms), "adaptive={adaptive}: {ms} ms");
+        assert!((0.0..=1.0).contains(&v.yes_probability));
+        // A withdrawn request (its future dropped) is never computed.
+        if !adaptive {
+            let s2 = std::sync::Arc::clone(&service);
+            let pending = tokio::spawn(async move { s2.classify("never mind".into()).await });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            pending.abort();
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let st = service.stats();
+            assert_eq!(st.skipped_cancelled, 1, "{st:?}");
+            assert_eq!(st.classified, 1, "{st:?}");
+        }
+    }
+}
