@@ -206,7 +206,8 @@ pub struct ServeArgs {
     /// own limit (tokenizer `model_max_length`, else its position table), else 512.
     #[arg(long, env = "TOOL_HISTORY_TOKENS")]
     pub tool_history_tokens: Option<usize>,
-    /// Threads of the tool model's own pool (0 = half the cores, at least 1, at most 4).
+    /// Threads of the tool model's own pool (0 = half the cores, at least 2 where there are 2,
+    /// at most 4).
     #[arg(long, env = "TOOL_THREADS", default_value_t = 0)]
     pub tool_threads: usize,
     /// Micro-batch window: how long a classification waits for concurrent ones (ms).
@@ -216,6 +217,11 @@ pub struct ServeArgs {
     /// every batch waits the full window.
     #[arg(long, env = "TOOL_BATCH_ADAPTIVE", default_value_t = true, action = clap::ArgAction::Set)]
     pub tool_batch_adaptive: bool,
+    /// In `both` mode, start the chat while the tool model classifies (true, default; tokens
+    /// wait for the toolcall) or classify first, then start the chat (false: an earlier
+    /// toolcall, a later first token).
+    #[arg(long, env = "TOOL_OVERLAP", action = clap::ArgAction::Set)]
+    pub tool_overlap: Option<bool>,
     /// Most classifications in one batch (1 = no batching).
     #[arg(long, env = "TOOL_MAX_BATCH", default_value_t = 16)]
     pub tool_max_batch: usize,
@@ -264,7 +270,7 @@ async fn start_tool(args: &ServeArgs) -> Result<Arc<ToolService>> {
         args.tool_threads
     } else {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        (cores / 2).clamp(1, 4)
+        (cores / 2).clamp(2, 4).min(cores)
     };
     let config = ServiceConfig {
         threads,
@@ -391,6 +397,9 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     core_config.verbalize = args.sanitize_verbalize;
     core_config.deploy_mode = deploy_mode;
     core_config.tool_threshold = args.tool_threshold;
+    core_config.tool_overlap = args
+        .tool_overlap
+        .unwrap_or(true);
     let core = Core::with_tool(Arc::clone(&engine), tool, core_config);
     let mut server = ServerConfig::new(api_key, max_conn);
     server.acquire_timeout = Duration::from_secs_f64(args.ws_handshake_acquire_timeout_s.max(0.0));

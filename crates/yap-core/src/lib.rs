@@ -52,6 +52,9 @@ pub struct CoreConfig {
     pub deploy_mode: DeployMode,
     /// `TOOL_THRESHOLD`: the yes-probability at or above which the toolcall says yes.
     pub tool_threshold: f32,
+    /// `TOOL_OVERLAP`: in `both` mode, start the chat while the tool model classifies (tokens
+    /// are held until the toolcall is out); false classifies first, then starts the chat.
+    pub tool_overlap: bool,
 }
 
 /// Which models a deployment runs (`DEPLOY_MODE`).
@@ -101,6 +104,7 @@ impl Default for CoreConfig {
             verbalize: false,
             deploy_mode: DeployMode::Chat,
             tool_threshold: 0.5,
+            tool_overlap: true,
         }
     }
 }
@@ -591,6 +595,36 @@ impl Core {
             t0,
         };
         let mut tool_future = tool_future;
+        if !self.config.tool_overlap
+            && let Some(f) = tool_future.take()
+        {
+            // Classify first, then start the chat: on a CPU shared with the embedded engine
+            // this beats running both at once (they would slow each other down).
+            let verdict = tokio::select! {
+                biased;
+                _ = handle.cancel.cancelled() => None,
+                v = f => Some(v),
+            };
+            match verdict {
+                None => {
+                    let _ = sink.send(cancelled_frame(handle, &req.request_id));
+                    return self.finish_cancelled_turn(&req, user_msgs);
+                }
+                Some(Ok(v)) => {
+                    let _ = sink.send(self.toolcall_frame(&v, t0));
+                    out.toolcall_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                    out.release();
+                }
+                Some(Err(e)) => {
+                    warn!(session = %req.session_id, error = %e, "tool classification failed");
+                    let _ = sink.send(error_frame(TurnError::new(
+                        ErrorCode::InternalError,
+                        format!("tool model: {e}"),
+                    )));
+                    return TurnOutcome::Failed;
+                }
+            }
+        }
         let mut stream = match self.engine.generate(GenerateRequest {
             cache_key: req.session_id.clone(),
             prompt,
@@ -717,6 +751,13 @@ impl Core {
         debug!(session = %req.session_id, ?outcome, chars = reply.len(), "turn ended");
         outcome
     }
+    /// A turn cancelled before its chat started: the user utterance still joins the history
+    /// (nothing was streamed).
+    fn finish_cancelled_turn(&self, req: &StartRequest, user_msgs: Vec<ChatMessage>) -> TurnOutcome {
+        self.with_session(&req.session_id, |s| s.history.extend(user_msgs));
+        TurnOutcome::Cancelled
+    }
+
     fn toolcall_frame(&self, v: &ToolVerdict, t0: Instant) -> ServerFrame {
         let threshold = self.config.tool_threshold;
         let yes = v.is_yes(threshold);
