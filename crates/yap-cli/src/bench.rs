@@ -151,12 +151,16 @@ fn stats_json(v: &[f64]) -> Value {
 
 fn print_table(title: &str, s: &Samples, wall_s: f64) {
     println!(
-        "{title} turns={} errors={} wall={wall_s:.2}s throughput={:.2} turns/s {:.1} tok/s aggregate, {:.1} tok/s per session (decode)",
+        "{title} turns={} errors={} wall={wall_s:.2}s throughput={:.2} turns/s {:.1} tok/s aggregate, {} tok/s per session (decode)",
         s.turns,
         s.errors,
         s.turns as f64 / wall_s,
         s.tokens as f64 / wall_s,
-        mean(&s.decode_tps)
+        if s.decode_tps.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.1}", mean(&s.decode_tps))
+        }
     );
     println!(
         "{:<22} {:>9} {:>9} {:>9} {:>9}",

@@ -397,9 +397,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     core_config.verbalize = args.sanitize_verbalize;
     core_config.deploy_mode = deploy_mode;
     core_config.tool_threshold = args.tool_threshold;
-    core_config.tool_overlap = args
-        .tool_overlap
-        .unwrap_or(true);
+    core_config.tool_overlap = args.tool_overlap.unwrap_or(true);
     let core = Core::with_tool(Arc::clone(&engine), tool, core_config);
     let mut server = ServerConfig::new(api_key, max_conn);
     server.acquire_timeout = Duration::from_secs_f64(args.ws_handshake_acquire_timeout_s.max(0.0));

@@ -71,6 +71,18 @@ async fn both_mode_sends_the_toolcall_before_any_token() {
         let frames = read_turn(&mut ws).await;
         assert_tool_first(&frames);
     }
+    // Classifying first (TOOL_OVERLAP=false) keeps the same order.
+    let r2 = server(&[
+        "--deploy-mode=both",
+        &format!("--tool-model={fx}"),
+        "--tool-overlap=false",
+    ])
+    .await;
+    let mut ws2 = connect(&r2).await;
+    for text in ["look at this!", "tell me a joke"] {
+        send(&mut ws2, start("seq", text)).await;
+        assert_tool_first(&read_turn(&mut ws2).await);
+    }
     // Chat streams after the toolcall for both answers: force each with the threshold.
     for (threshold, want) in [("0", "yes"), ("1", "no")] {
         let r = server(&[

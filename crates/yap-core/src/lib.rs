@@ -753,7 +753,11 @@ impl Core {
     }
     /// A turn cancelled before its chat started: the user utterance still joins the history
     /// (nothing was streamed).
-    fn finish_cancelled_turn(&self, req: &StartRequest, user_msgs: Vec<ChatMessage>) -> TurnOutcome {
+    fn finish_cancelled_turn(
+        &self,
+        req: &StartRequest,
+        user_msgs: Vec<ChatMessage>,
+    ) -> TurnOutcome {
         self.with_session(&req.session_id, |s| s.history.extend(user_msgs));
         TurnOutcome::Cancelled
     }
