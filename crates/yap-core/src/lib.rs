@@ -164,6 +164,18 @@ impl TurnHandle {
         &self.session_id
     }
 
+    /// The turn's `done{cancelled}`: with the cancel's `request_id` when it gave one, else
+    /// `own` (the turn's).
+    fn cancelled_frame(&self, own: &Option<String>) -> ServerFrame {
+        let rid = self
+            .cancel_request_id
+            .lock()
+            .ok()
+            .and_then(|g| g.clone())
+            .or_else(|| own.clone());
+        ServerFrame::cancelled(rid)
+    }
+
     /// Asks the turn to stop; its terminal frame becomes `done{cancelled}` carrying
     /// `request_id` when given (else the turn's own).
     pub fn cancel(&self, request_id: Option<String>) {
@@ -525,15 +537,7 @@ impl Core {
         handle: &TurnHandle,
         t0: Instant,
     ) -> TurnOutcome {
-        let cancelled_frame = |h: &TurnHandle, own: &Option<String>| {
-            let rid = h
-                .cancel_request_id
-                .lock()
-                .ok()
-                .and_then(|g| g.clone())
-                .or_else(|| own.clone());
-            ServerFrame::cancelled(rid)
-        };
+        let cancelled_frame = |h: &TurnHandle, own: &Option<String>| h.cancelled_frame(own);
         let error_frame = |e: TurnError| ServerFrame::Error {
             error_code: e.code,
             message: e.message,
@@ -822,13 +826,7 @@ impl Core {
         let rid = req.request_id.clone();
         match verdict {
             None => {
-                let own = handle
-                    .cancel_request_id
-                    .lock()
-                    .ok()
-                    .and_then(|g| g.clone())
-                    .or(rid);
-                let _ = sink.send(ServerFrame::cancelled(own));
+                let _ = sink.send(handle.cancelled_frame(&rid));
                 TurnOutcome::Cancelled
             }
             Some(Ok(v)) => {
