@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo build --release
-YAP_DEFAULT_MODEL="$(./target/release/yap fetch-model)"
+YAP_DEFAULT_MODEL="$(./target/release/yap fetch-model | tail -n 1)"
 export YAP_DEFAULT_MODEL
-YAP_DEFAULT_TOOL_MODEL="$(./target/release/yap fetch-model --tool)"
+YAP_DEFAULT_TOOL_MODEL="$(./target/release/yap fetch-model --tool | tail -n 1)"
 export YAP_DEFAULT_TOOL_MODEL
 cargo test --release --workspace -- --include-ignored
 ./scripts/openai-compat.sh

