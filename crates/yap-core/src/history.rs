@@ -1,6 +1,6 @@
 //! Conversation history: parsing client transcripts and trimming to a token budget.
 
-use yap_engine::{ChatMessage, Role};
+use crate::prompt::{ChatMessage, Role};
 
 /// Parses a `User:` / `Assistant:` transcript into messages.
 ///

@@ -39,7 +39,7 @@ async fn run(service: &Arc<ToolService>, concurrency: usize, per_task: usize) ->
             for i in 0..per_task {
                 let text = UTTERANCES[(t + i) % UTTERANCES.len()].to_owned();
                 let t0 = Instant::now();
-                s.classify(text).await.expect("classify");
+                s.classify(yap_tool::ToolInput::utterance(text)).await.expect("classify");
                 lat.push(t0.elapsed().as_secs_f64() * 1e3);
             }
             lat

@@ -17,4 +17,4 @@ pub mod tool;
 pub use classifier::SequenceClassifier;
 pub use error::ToolError;
 pub use service::{ServiceConfig, ServiceStats, ToolService};
-pub use tool::{ToolModel, ToolVerdict, user_context};
+pub use tool::{ToolInput, ToolModel, ToolVerdict, user_context};

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::ToolError;
-use crate::tool::{ToolModel, ToolVerdict};
+use crate::tool::{ToolInput, ToolModel, ToolVerdict};
 
 /// Batching and threading settings.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub struct ServiceStats {
 }
 
 struct Job {
-    context: String,
+    input: ToolInput,
     cancelled: Arc<AtomicBool>,
     reply: oneshot::Sender<Result<ToolVerdict, ToolError>>,
 }
@@ -154,11 +154,11 @@ impl ToolService {
 
     /// Classifies one context. Dropping the returned future (a cancelled turn) withdraws the
     /// request: if its batch has not started, it is never computed.
-    pub async fn classify(&self, context: String) -> Result<ToolVerdict, ToolError> {
+    pub async fn classify(&self, input: ToolInput) -> Result<ToolVerdict, ToolError> {
         let cancelled = Arc::new(AtomicBool::new(false));
         let (reply, rx) = oneshot::channel();
         let job = Job {
-            context,
+            input,
             cancelled: Arc::clone(&cancelled),
             reply,
         };
@@ -167,10 +167,10 @@ impl ToolService {
             .map_err(|_| ToolError::Stopped)?
             .send(job)
             .map_err(|_| ToolError::Stopped)?;
-        let guard = CancelOnDrop(cancelled);
-        let out = rx.await.map_err(|_| ToolError::Stopped)?;
-        std::mem::forget(guard);
-        out
+        // Marks the job withdrawn if this future is dropped before the answer; once answered,
+        // the flag no longer matters (and the guard is dropped, not leaked).
+        let _guard = CancelOnDrop(cancelled);
+        rx.await.map_err(|_| ToolError::Stopped)?
     }
 }
 
@@ -220,8 +220,8 @@ fn worker(
         }
         last_batch = live.len();
         let t = Instant::now();
-        let contexts: Vec<&str> = live.iter().map(|j| j.context.as_str()).collect();
-        let result = pool.install(|| model.classify(&contexts));
+        let inputs: Vec<&ToolInput> = live.iter().map(|j| &j.input).collect();
+        let result = pool.install(|| model.classify_inputs(&inputs));
         let n = live.len() as u64;
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters.classified.fetch_add(n, Ordering::Relaxed);

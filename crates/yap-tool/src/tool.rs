@@ -157,6 +157,13 @@ impl ToolModel {
         self.classify_ids(&ids)
     }
 
+    /// Classifies turns in one batch.
+    pub fn classify_inputs(&self, inputs: &[&ToolInput]) -> Result<Vec<ToolVerdict>, ToolError> {
+        let contexts: Vec<String> = inputs.iter().map(|i| i.context()).collect();
+        let refs: Vec<&str> = contexts.iter().map(String::as_str).collect();
+        self.classify(&refs)
+    }
+
     /// Classifies already-encoded contexts in one batch.
     pub fn classify_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<ToolVerdict>, ToolError> {
         let logits = self.classifier.logits(ids)?;
@@ -182,6 +189,31 @@ impl ToolModel {
                 }
             })
             .collect())
+    }
+}
+
+/// What the classifier sees of one turn: the session's earlier user utterances (oldest first)
+/// and the current one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolInput {
+    /// Earlier user utterances, oldest first.
+    pub history: Vec<String>,
+    /// The current utterance.
+    pub utterance: String,
+}
+
+impl ToolInput {
+    /// An input of a lone utterance.
+    pub fn utterance(text: impl Into<String>) -> Self {
+        Self {
+            history: Vec::new(),
+            utterance: text.into(),
+        }
+    }
+
+    /// The model's input text (see [`user_context`]).
+    pub fn context(&self) -> String {
+        user_context(self.history.iter().map(String::as_str), &self.utterance)
     }
 }
 

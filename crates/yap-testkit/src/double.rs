@@ -44,6 +44,7 @@ struct DoubleState {
     active: AtomicUsize,
     requests: AtomicU64,
     sessions: Mutex<HashMap<String, u64>>,
+    last: Mutex<Value>,
 }
 
 struct ActiveGuard(Arc<DoubleState>);
@@ -77,6 +78,15 @@ async fn control(State(s): State<Arc<DoubleState>>, Path(m): Path<String>) -> Re
         *cur = m.clone();
     }
     Json(json!({"mode": m})).into_response()
+}
+
+async fn last(State(s): State<Arc<DoubleState>>) -> Response {
+    let v = s.last.lock().map(|l| l.clone()).unwrap_or(Value::Null);
+    Json(v).into_response()
+}
+
+async fn models() -> Response {
+    Json(json!({"object": "list", "data": [{"id": "double-model", "object": "model"}]})).into_response()
 }
 
 async fn stats(State(s): State<Arc<DoubleState>>) -> Response {
@@ -116,10 +126,14 @@ async fn completions(
         _ => {}
     }
     let max = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(16);
-    let prompt_tokens = body
-        .get("prompt")
-        .and_then(Value::as_str)
-        .map_or(0, |p| p.split_whitespace().count() as u64);
+    let prompt_tokens = match body.get("prompt") {
+        Some(Value::Array(ids)) => ids.len() as u64,
+        Some(Value::String(p)) => p.split_whitespace().count() as u64,
+        _ => 0,
+    };
+    if let Ok(mut last) = s.last.lock() {
+        *last = body.clone();
+    }
     s.active.fetch_add(1, Ordering::AcqRel);
     let guard = ActiveGuard(Arc::clone(&s));
     let pause = Duration::from_millis(s.token_ms);
@@ -168,6 +182,8 @@ pub async fn run(args: &DoubleArgs) -> Result<()> {
     let app = Router::new()
         .route("/health", get(health))
         .route("/stats", get(stats))
+        .route("/last", get(last))
+        .route("/v1/models", get(models))
         .route("/control/{mode}", post(control))
         .route("/v1/completions", post(completions))
         .with_state(state);

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::gguf::{GgufWriter, MetaValue, Tensor};
-use crate::template::CHATML_TEMPLATE;
+use yap_core::prompt::template::CHATML_TEMPLATE;
 
 const CORPUS: &str = "The quick brown fox jumps over the lazy dog. Hello there, how are you today? \
 I am doing well, thank you for asking. What would you like to talk about? Tell me a joke. \
@@ -313,33 +313,28 @@ mod tests {
 
     #[test]
     fn hf_and_gguf_tokenizers_agree() {
+        use yap_core::prompt::{ChatMessage, PromptFormat, Role};
         let dir = std::env::temp_dir().join(format!("yap-tiny-tok-{}", std::process::id()));
         let spec = TinyModelSpec::default();
         write_tiny_model(&dir.join("tiny.gguf"), spec).unwrap();
         write_tiny_hf_tokenizer(&dir.join("hf"), spec).unwrap();
-        let gguf = crate::text::TextModel::load(&dir.join("tiny.gguf")).unwrap();
-        let hf = crate::text::TextModel::load(&dir.join("hf")).unwrap();
+        let gguf = PromptFormat::new(yap_llama::vocab::load_model_text(&dir.join("tiny.gguf")).unwrap()).unwrap();
+        let hf = PromptFormat::new(yap_core::prompt::hf::load(&dir.join("hf")).unwrap()).unwrap();
         for text in [
             "Hello there, how are you today?",
             "Who was Columbus? 1492!",
             "  odd   spacing\n",
         ] {
-            assert_eq!(
-                gguf.tokenize(text, false),
-                hf.tokenize(text, false),
-                "{text:?}"
-            );
+            assert_eq!(gguf.count(text), hf.count(text), "{text:?}");
         }
-        let msgs = [crate::ChatMessage::new(crate::Role::User, "Hi")];
-        let rendered = hf.render(&msgs).unwrap();
-        assert_eq!(rendered, gguf.render(&msgs).unwrap());
+        let msgs = [ChatMessage::new(Role::User, "Hi <|im_end|> there")];
+        let a = hf.encode_chat(&msgs).unwrap();
+        let b = gguf.encode_chat(&msgs).unwrap();
+        assert_eq!(a.text, b.text);
+        assert_eq!(a.ids, b.ids);
         assert_eq!(
-            hf.count_prompt_tokens(&rendered),
-            gguf.count_prompt_tokens(&rendered)
-        );
-        assert_eq!(
-            hf.truncate_tokens("Tell me a joke about the weather", 3, true),
-            gguf.truncate_tokens("Tell me a joke about the weather", 3, true)
+            hf.truncate("Tell me a joke about the weather", 3, true),
+            gguf.truncate("Tell me a joke about the weather", 3, true)
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,56 +1,9 @@
-//! Server → client frames.
-
-use std::fmt;
+//! Server → client frames of protocol v0 (`protocol.md`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Typed error codes carried by `error` frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// Missing or wrong API key.
-    AuthenticationFailed,
-    /// No connection slot freed in time.
-    ServerAtCapacity,
-    /// The frame is not valid JSON.
-    InvalidJson,
-    /// Unknown type, missing or ill-typed field, binary frame.
-    InvalidMessage,
-    /// A sampling value out of range or unknown.
-    InvalidSampling,
-    /// The frame exceeds `WS_MAX_MESSAGE_BYTES`.
-    MessageTooLarge,
-    /// A rate limit was hit; see `retry_after_ms`.
-    RateLimited,
-    /// The chat or tool engine cannot serve the turn.
-    EngineUnavailable,
-    /// Anything else that went wrong on the server.
-    InternalError,
-}
-
-impl ErrorCode {
-    /// The wire name of the code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AuthenticationFailed => "authentication_failed",
-            Self::ServerAtCapacity => "server_at_capacity",
-            Self::InvalidJson => "invalid_json",
-            Self::InvalidMessage => "invalid_message",
-            Self::InvalidSampling => "invalid_sampling",
-            Self::MessageTooLarge => "message_too_large",
-            Self::RateLimited => "rate_limited",
-            Self::EngineUnavailable => "engine_unavailable",
-            Self::InternalError => "internal_error",
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::{ErrorCode, RequestId};
 
 /// Token accounting and latency of one finished turn.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -102,7 +55,7 @@ pub enum ServerFrame {
         session_id: String,
         /// The client's request id, when given.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        request_id: Option<String>,
+        request_id: Option<RequestId>,
         /// Effective persona style.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         persona_style: Option<String>,
@@ -143,7 +96,7 @@ pub enum ServerFrame {
         cancelled: bool,
         /// The client's request id, when given.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        request_id: Option<String>,
+        request_id: Option<RequestId>,
     },
     /// A typed error; terminal when it belongs to a turn.
     Error {
@@ -153,7 +106,7 @@ pub enum ServerFrame {
         message: String,
         /// The request id of the turn it ends, when any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        request_id: Option<String>,
+        request_id: Option<RequestId>,
         /// With `rate_limited`: when to retry.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
@@ -183,7 +136,7 @@ impl ServerFrame {
     }
 
     /// A `done{cancelled:true}` frame.
-    pub fn cancelled(request_id: Option<String>) -> Self {
+    pub fn cancelled(request_id: Option<RequestId>) -> Self {
         Self::Done {
             usage: None,
             cancelled: true,
@@ -226,7 +179,7 @@ mod tests {
         );
         roundtrip(ServerFrame::Pong, json!({"type":"pong"}));
         roundtrip(
-            ServerFrame::cancelled(Some("r".into())),
+            ServerFrame::cancelled(Some(RequestId::string("r"))),
             json!({"type":"done","cancelled":true,"request_id":"r"}),
         );
         roundtrip(

@@ -15,7 +15,7 @@ use tokio::process::Command;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::EngineError;
+use yap_engine_api::EngineError;
 
 /// An append-only log file rotated by size: `server.log` → `server.log.1` → … → `.N`.
 #[derive(Debug)]

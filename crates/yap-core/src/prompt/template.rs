@@ -4,7 +4,7 @@
 use minijinja::{Environment, Error, ErrorKind, context};
 use serde::Serialize;
 
-use crate::EngineError;
+use super::PromptError;
 
 /// Who said a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -120,7 +120,7 @@ fn strftime_now(_format: String) -> String {
 
 impl ChatTemplate {
     /// Compiles a template source with the model's BOS/EOS token texts.
-    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, EngineError> {
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, PromptError> {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -129,7 +129,7 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.add_template_owned("chat", source.to_owned())
-            .map_err(|e| EngineError::Template(e.to_string()))?;
+            .map_err(|e| PromptError::Template(e.to_string()))?;
         Ok(Self {
             env,
             bos_token: bos_token.to_owned(),
@@ -142,18 +142,18 @@ impl ChatTemplate {
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
-    ) -> Result<String, EngineError> {
+    ) -> Result<String, PromptError> {
         let tmpl = self
             .env
             .get_template("chat")
-            .map_err(|e| EngineError::Template(e.to_string()))?;
+            .map_err(|e| PromptError::Template(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         })
-        .map_err(|e| EngineError::Template(e.to_string()))
+        .map_err(|e| PromptError::Template(e.to_string()))
     }
 }
 

@@ -1,9 +1,9 @@
-//! Client → server messages and their parser.
+//! Client → server messages of protocol v0 (`protocol.md`) and their parser.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{CANCEL_SENTINEL, END_SENTINEL, ErrorCode};
+use crate::{CANCEL_SENTINEL, END_SENTINEL, ErrorCode, Gender, RequestId, Sampling, UserIdentity};
 
 /// Why a client message was refused; maps one to one onto an error frame.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -27,85 +27,8 @@ impl ParseError {
     }
 }
 
-/// The assistant's gender for built-in persona templates (`woman`/`man`, aliases `female`/`male`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Gender {
-    /// A woman (alias `female`).
-    #[serde(alias = "female")]
-    Woman,
-    /// A man (alias `male`).
-    #[serde(alias = "male")]
-    Man,
-}
-
-/// How the user identifies, for built-in persona templates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UserIdentity {
-    /// A woman.
-    Woman,
-    /// A man.
-    Man,
-    /// Non-binary.
-    NonBinary,
-}
-
-/// Per-turn sampling overrides; omitted keys use server defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sampling {
-    /// Temperature in [0, 1.2]; 0 means greedy.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    /// Nucleus sampling in [0.6, 1.0].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f64>,
-    /// Top-k in [0, 60]; 0 disables.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub top_k: Option<i64>,
-    /// Min-p in [0, 0.2].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub min_p: Option<f64>,
-    /// Repetition penalty in [1.0, 1.3].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub repetition_penalty: Option<f64>,
-    /// Presence penalty in [0, 0.5].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub presence_penalty: Option<f64>,
-    /// Frequency penalty in [0, 0.5].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub frequency_penalty: Option<f64>,
-    /// Whether the streaming sanitizer runs (default true).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sanitize_output: Option<bool>,
-}
-
-impl Sampling {
-    /// Checks every given value against the ranges in protocol.md; never clamps.
-    pub fn validate(&self) -> Result<(), ParseError> {
-        fn check(name: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), ParseError> {
-            match v {
-                Some(x) if !x.is_finite() || x < lo || x > hi => Err(ParseError::new(
-                    ErrorCode::InvalidSampling,
-                    format!("sampling.{name}={x} is outside [{lo}, {hi}]"),
-                )),
-                _ => Ok(()),
-            }
-        }
-        check("temperature", self.temperature, 0.0, 1.2)?;
-        check("top_p", self.top_p, 0.6, 1.0)?;
-        check("top_k", self.top_k.map(|k| k as f64), 0.0, 60.0)?;
-        check("min_p", self.min_p, 0.0, 0.2)?;
-        check("repetition_penalty", self.repetition_penalty, 1.0, 1.3)?;
-        check("presence_penalty", self.presence_penalty, 0.0, 0.5)?;
-        check("frequency_penalty", self.frequency_penalty, 0.0, 0.5)?;
-        Ok(())
-    }
-}
-
 /// A `start` message: begins a turn (cancelling a running one of the same session).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StartRequest {
     /// The session this turn belongs to.
     pub session_id: String,
@@ -135,7 +58,7 @@ pub struct StartRequest {
     pub sampling: Option<Sampling>,
     /// Echoed on this turn's terminal frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub request_id: Option<RequestId>,
 }
 
 /// Every message a client may send.
@@ -146,7 +69,7 @@ pub enum ClientMessage {
     /// Abort the running turn.
     Cancel {
         /// Echoed on the `done{cancelled}` reply.
-        request_id: Option<String>,
+        request_id: Option<RequestId>,
     },
     /// Close the connection normally.
     End,
@@ -197,7 +120,6 @@ fn opt_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, Par
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) if key == "request_id" => Ok(Some(n.to_string())),
         Some(other) => Err(ParseError::invalid(format!(
             "field `{key}` must be a string, got {}",
             type_name(other)
@@ -220,6 +142,19 @@ fn first_string(obj: &Map<String, Value>, keys: &[&str], kind: &str) -> Result<S
         "`{kind}` requires the string field `{}`",
         keys.join("` or `")
     )))
+}
+
+/// The `request_id` of a message exactly as sent (a string or a number of any size).
+fn request_id(text: &str) -> Result<Option<RequestId>, ParseError> {
+    #[derive(Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow, default)]
+        request_id: Option<&'a serde_json::value::RawValue>,
+    }
+    match serde_json::from_str::<Raw<'_>>(text) {
+        Ok(Raw { request_id: Some(raw) }) => RequestId::from_raw(raw).map_err(ParseError::invalid),
+        _ => Ok(None),
+    }
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -262,9 +197,13 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
         None => return Err(ParseError::invalid("missing field `type`")),
     };
     match kind {
-        "start" => parse_start(&obj).map(|s| ClientMessage::Start(Box::new(s))),
+        "start" => {
+            let mut start = parse_start(&obj)?;
+            start.request_id = request_id(trimmed)?;
+            Ok(ClientMessage::Start(Box::new(start)))
+        }
         "cancel" => Ok(ClientMessage::Cancel {
-            request_id: opt_string(&obj, "request_id")?,
+            request_id: request_id(trimmed)?,
         }),
         "end" => Ok(ClientMessage::End),
         "ping" => Ok(ClientMessage::Ping),
@@ -316,7 +255,8 @@ fn parse_start(obj: &Map<String, Value>) -> Result<StartRequest, ParseError> {
             let s: Sampling = serde_json::from_value(v.clone()).map_err(|e| {
                 ParseError::new(ErrorCode::InvalidSampling, format!("invalid sampling: {e}"))
             })?;
-            s.validate()?;
+            s.validate()
+                .map_err(|e| ParseError::new(ErrorCode::InvalidSampling, e.0))?;
             Some(s)
         }
         Some(other) => {
@@ -343,7 +283,7 @@ fn parse_start(obj: &Map<String, Value>) -> Result<StartRequest, ParseError> {
         user_identity,
         history_text: opt_string(obj, "history_text")?,
         sampling,
-        request_id: opt_string(obj, "request_id")?,
+        request_id: None,
     })
 }
 
@@ -372,14 +312,16 @@ mod tests {
         assert_eq!(
             parse_client_message(r#"{"type":"cancel","request_id":"r1"}"#).unwrap(),
             ClientMessage::Cancel {
-                request_id: Some("r1".into())
+                request_id: Some(RequestId::string("r1"))
             }
         );
         assert_eq!(
-            parse_client_message(r#"{"type":"cancel","request_id":7}"#).unwrap(),
-            ClientMessage::Cancel {
-                request_id: Some("7".into())
-            }
+            serde_json::to_string(&match parse_client_message(r#"{"type":"cancel","request_id":18446744073709551617}"#).unwrap() {
+                ClientMessage::Cancel { request_id } => request_id,
+                _ => None,
+            })
+            .unwrap(),
+            "18446744073709551617"
         );
     }
 
@@ -399,7 +341,7 @@ mod tests {
         assert_eq!(s.user_identity, Some(UserIdentity::NonBinary));
         assert_eq!(s.sampling.as_ref().unwrap().top_k, Some(40));
         assert_eq!(s.sampling.as_ref().unwrap().sanitize_output, Some(false));
-        assert_eq!(s.request_id.as_deref(), Some("q"));
+        assert_eq!(s.request_id, Some(RequestId::string("q")));
         assert_eq!(s.persona_style.as_deref(), Some("nerdy"));
     }
 
