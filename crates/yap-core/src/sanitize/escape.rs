@@ -35,6 +35,7 @@ impl EscapeStage {
         }
     }
 
+    /// Passes one character on.
     fn emit(&mut self, c: char, out: &mut impl FnMut(char)) {
         self.prev = Some(c);
         out(c);

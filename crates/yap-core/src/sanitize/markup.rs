@@ -117,6 +117,7 @@ impl MarkupStage {
         }
     }
 
+    /// One character inside an open `*action`.
     fn action(&mut self, mut held: String, n: usize, c: char, out: &mut impl FnMut(char)) {
         if c == '*' {
             // Closed: the whole action is dropped.
@@ -132,6 +133,7 @@ impl MarkupStage {
         }
     }
 
+    /// One character inside an open `<token`.
     fn tag(&mut self, mut held: String, c: char, out: &mut impl FnMut(char)) {
         let tag_char = c.is_ascii_alphanumeric() || matches!(c, '|' | '_' | '/' | '-' | '▁' | '.');
         let opens_like_token = held
@@ -165,6 +167,7 @@ impl MarkupStage {
         }
     }
 
+    /// One character outside any held markup.
     fn normal(&mut self, c: char, out: &mut impl FnMut(char)) {
         let at_line_start = self.line_start;
         if c == '\n' {
@@ -197,6 +200,7 @@ impl MarkupStage {
         }
     }
 
+    /// Passes one character on (no longer at a line start).
     fn emit(&mut self, c: char, out: &mut impl FnMut(char)) {
         self.line_start = false;
         self.prev = Some(c);

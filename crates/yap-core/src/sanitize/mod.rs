@@ -35,6 +35,7 @@ mod spacing;
 mod verbal;
 mod words;
 
+/// Spells a whole number in English words.
 pub use verbal::number_words;
 
 /// Marks the start of text that must pass the spacing stage unchanged (a kept URL or address).

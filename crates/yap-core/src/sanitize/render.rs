@@ -50,16 +50,19 @@ pub(super) struct Rendered {
     pub(super) number: Option<bool>,
 }
 
+/// Whether `i` starts a token: the start of the word or after a non-alphanumeric character.
 fn boundary(w: &[char], i: usize) -> bool {
     i == 0 || w.get(i - 1).is_none_or(|c| !c.is_alphanumeric())
 }
 
+/// Whether `pat` appears at `i`.
 fn starts_with(w: &[char], i: usize, pat: &str) -> bool {
     pat.chars()
         .enumerate()
         .all(|(k, p)| w.get(i + k) == Some(&p))
 }
 
+/// Whether `c` may appear in a URL.
 fn is_url_char(c: char) -> bool {
     c.is_ascii_graphic() && !matches!(c, '<' | '>' | '"' | '{' | '}' | '|' | '\\' | '^' | '`')
 }
@@ -84,6 +87,7 @@ fn trim_url(w: &[char], i: usize, mut end: usize) -> usize {
     end
 }
 
+/// End of the run of characters matching `ok` from `i`.
 fn run_end(w: &[char], i: usize, ok: impl Fn(char) -> bool) -> usize {
     i + w
         .get(i..)
@@ -109,6 +113,7 @@ fn url_at(w: &[char], i: usize) -> Option<usize> {
     (end > host && w.get(host).is_some_and(char::is_ascii_alphanumeric)).then_some(end)
 }
 
+/// Whether `c` may appear in a domain label.
 fn is_label_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-'
 }
@@ -207,6 +212,7 @@ fn arrow_at(w: &[char], i: usize) -> Option<(usize, &'static str)> {
         .map(|(a, word)| (i + a.chars().count(), *word))
 }
 
+/// An address, emoticon or arrow at `i`: its end and kind.
 fn special_at(w: &[char], i: usize) -> Option<(usize, Kind)> {
     if boundary(w, i) && w.get(i).is_some_and(char::is_ascii_alphanumeric) {
         if starts_with(w, i, "mailto:")

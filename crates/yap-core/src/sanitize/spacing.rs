@@ -8,6 +8,7 @@
 
 use super::{PROTECT, UNPROTECT};
 
+/// Punctuation that sticks to the word before it.
 fn is_closing_punct(c: char) -> bool {
     matches!(c, ',' | '.' | '!' | '?' | ';' | ':' | ')')
 }
@@ -37,6 +38,7 @@ pub(super) struct SpacingStage {
 }
 
 impl SpacingStage {
+    /// Emits one character.
     fn push_out(&mut self, c: char, out: &mut String) {
         self.before_last = self.last;
         self.last = Some(c);
@@ -92,6 +94,7 @@ impl SpacingStage {
         self.push_out(c, out);
     }
 
+    /// Closing punctuation: no space before it, repeats collapsed.
     fn punct(&mut self, c: char, out: &mut String) {
         if self.last.is_none() {
             return; // a reply never starts with punctuation

@@ -72,6 +72,26 @@ fn holds_a_word_only_while_it_is_undecided() {
             ""
         ]
     );
+    // Money waits for a scale word only while the next word could still be one.
+    assert_eq!(
+        stream(true, &["only $5", " t", "o", " go"]),
+        ["only", "", " five dollars to", " go", ""]
+    );
+    assert_eq!(
+        stream(true, &["$2.5", " mil", "lion", "!"]),
+        ["", "", "", "", "two point five million dollars!"]
+    );
+    // Three digits may start a phone number: held until the next word shows it is not one
+    // (and `c` may still be `cm` after a number).
+    assert_eq!(
+        stream(true, &["I have 100", " c", "ats"]),
+        ["I have", " one hundred", " cats", ""]
+    );
+    // A removed emoticon waits for the next letter: a capital makes it a full stop.
+    assert_eq!(
+        stream(false, &["Nice :) ", "See", " you"]),
+        ["Nice", ". See", " you", ""]
+    );
     // An e-mail address is decided at its end.
     assert_eq!(
         stream(true, &["mail jane", ".doe", "@example", ".com", " today"]),
@@ -114,6 +134,7 @@ fn number_words_spells_whole_numbers() {
     );
 }
 
+/// Sanitizes `text` pushed in pieces cut at `cuts`.
 fn chunked(text: &str, cuts: &[usize], verbalize: bool) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (chars.len() + 1)).collect();
@@ -253,6 +274,7 @@ const PIECES: &[&str] = &[
     "haha:D",
 ];
 
+/// A reply made of [`PIECES`].
 fn reply() -> impl Strategy<Value = String> {
     proptest::collection::vec(proptest::sample::select(PIECES), 0..40).prop_map(|v| v.concat())
 }

@@ -30,6 +30,7 @@ const TENS: [&str; 10] = [
     "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
 ];
 
+/// Words of a number below a thousand.
 fn below_thousand(n: u64, words: &mut Vec<&'static str>) {
     let (h, r) = (n / 100, n % 100);
     if h > 0 {
@@ -213,10 +214,12 @@ struct Num {
 }
 
 impl Num {
+    /// Whether it is exactly one (a singular unit follows).
     fn is_one(&self) -> bool {
         !self.neg && self.frac.is_none() && self.dotted.is_empty() && self.int == "1"
     }
 
+    /// The number in words ("minus three point one four", "one dot two dot three").
     fn words(&self) -> String {
         let mut w = String::new();
         if self.neg {
@@ -251,11 +254,13 @@ fn int_words(d: &str) -> String {
     }
 }
 
+/// How many digits follow from `i`.
 fn digits_at(s: &[char], i: usize) -> usize {
     s.get(i..)
         .map_or(0, |t| t.iter().take_while(|c| c.is_ascii_digit()).count())
 }
 
+/// Whether a digit is at `i`.
 fn is_digit_at(s: &[char], i: usize) -> bool {
     s.get(i).is_some_and(char::is_ascii_digit)
 }
@@ -314,8 +319,7 @@ fn money_words(cur: char, num: &Num, scale: Option<&str>) -> String {
         Some(f) if f.len() <= 2 && !sub_many.is_empty() && num.dotted.is_empty() => {
             format!("{f:0<2}")
         }
-        Some(_) => return format!("{sign}{} {unit}", plain.words()),
-        None => return format!("{sign}{} {unit}", plain.words()),
+        _ => return format!("{sign}{} {unit}", plain.words()),
     };
     let whole = Num {
         frac: None,
@@ -367,12 +371,14 @@ fn fraction(a: &str, b: &str) -> String {
     }
 }
 
+/// The letters from `i` on.
 fn letters_at(s: &[char], i: usize) -> String {
     s.get(i..)
         .map(|t| t.iter().take_while(|c| c.is_alphabetic()).collect())
         .unwrap_or_default()
 }
 
+/// Whether `pat` is at `i` and ends a letter run (`km` in `10km/h` no, in `10km.` yes).
 fn match_at(s: &[char], i: usize, pat: &str) -> bool {
     let n = pat.chars().count();
     s.get(i..i + n)
@@ -543,7 +549,7 @@ fn number_expr(s: &[char], i: usize, sp: &mut Spoken) -> Option<(usize, Option<b
     let suffix = number_suffix(rest, j, &last);
     let ordinal = suffix.as_ref().is_some_and(|x| x.2);
     match &range {
-        Some(hi) if ordinal => sp.word(&format!("{} to", num.words())),
+        Some(_) if ordinal => sp.word(&format!("{} to", num.words())),
         Some(hi) => sp.word(&format!("{} to {}", num.words(), hi.words())),
         None if ordinal => {}
         None => sp.word(&num.words()),
@@ -602,6 +608,7 @@ pub(super) fn verbal_text(s: &[char], number: Option<bool>, sp: &mut Spoken) -> 
     ends_number
 }
 
+/// Whether a currency symbol followed by a digit is at `i`.
 fn money_at(s: &[char], i: usize) -> bool {
     s.get(i).is_some_and(|&c| currency(c).is_some()) && is_digit_at(s, i + 1)
 }

@@ -31,7 +31,7 @@ enum Wait {
         words: Vec<Vec<char>>,
     },
     /// An amount of money that a scale word may follow.
-    Money(Money, Vec<char>),
+    Money(Money),
     /// A removed emoticon after a word: a following capital makes it a full stop.
     Emoticon,
 }
@@ -56,6 +56,8 @@ pub(super) struct WordStage {
     wait: Option<(Wait, bool)>,
 }
 
+/// Whether `c` may pass on at once when nothing of its word is held: letters, apostrophes and
+/// closing punctuation; without verbalization also digits and most symbols.
 fn is_pass(c: char, verbalize: bool) -> bool {
     if c.is_alphabetic() || matches!(c, '\'' | '’' | ',' | '!' | '?' | '"' | '“' | '”' | ')')
     {
@@ -113,6 +115,7 @@ impl WordStage {
         }
     }
 
+    /// Passes one character on to the spacing stage.
     fn pass(&mut self, c: char, out: &mut impl FnMut(char)) {
         if !c.is_whitespace() && c != super::PROTECT && c != super::UNPROTECT {
             self.last_out = Some(c);
@@ -121,6 +124,7 @@ impl WordStage {
         out(c);
     }
 
+    /// Passes text on to the spacing stage.
     fn pass_str(&mut self, s: &str, out: &mut impl FnMut(char)) {
         for c in s.chars() {
             self.pass(c, out);
@@ -138,16 +142,23 @@ impl WordStage {
             }
             return;
         }
-        if self.word.is_empty()
+        self.word.push(c);
+        if self.wait.is_some()
             && let Some((wait, space)) = self.wait.take()
         {
-            if self.wait_continues(&wait, c) {
+            if self.wait_continues(&wait) {
                 self.wait = Some((wait, space));
             } else {
-                self.resolve(wait, space, Some(c), out);
+                // The word cannot complete what waits: settle it, then read the word afresh.
+                let first = self.word.first().copied();
+                self.resolve(wait, space, first, out);
+                let word = std::mem::take(&mut self.word);
+                for &w in &word {
+                    self.step(w, out);
+                }
+                return;
             }
         }
-        self.word.push(c);
         if self.wait.is_some() || self.locked {
             if self.word.len() - self.sent > MAX_HOLD {
                 self.end_word(out);
@@ -158,7 +169,12 @@ impl WordStage {
             self.locked = true;
             return;
         }
-        if self.prefix_hold() {
+        let boundary = self.sent == 0
+            || self
+                .word
+                .get(self.sent - 1)
+                .is_none_or(|p| !p.is_alphanumeric());
+        if boundary && self.prefix_hold() {
             return;
         }
         for i in self.sent..self.word.len() {
@@ -173,6 +189,7 @@ impl WordStage {
         }
     }
 
+    /// Whether the word ends with three identical letters (`sooo`).
     fn triple_run(&self) -> bool {
         match self.word.as_slice() {
             [.., a, b, c] => same_letter(*b, *c) && same_letter(*a, *c),
@@ -180,16 +197,9 @@ impl WordStage {
         }
     }
 
-    /// Whether the unsent tail is a prefix of something that reads differently when complete.
+    /// Whether the unsent tail, starting at a word boundary, is a prefix of something that reads
+    /// differently when complete.
     fn prefix_hold(&self) -> bool {
-        if self.sent > 0
-            && self
-                .word
-                .get(self.sent - 1)
-                .is_some_and(|c| c.is_alphanumeric())
-        {
-            return false; // not at a word boundary
-        }
         let tail = self.word.get(self.sent..).unwrap_or(&[]);
         let opening = tail
             .iter()
@@ -199,30 +209,50 @@ impl WordStage {
         let Some(&first) = tail.first().filter(|_| tail.len() <= 8) else {
             return opening > 0 && self.verbalize;
         };
-        let unit = self.sent == 0 && self.ctx.number.is_some();
-        let verbal = self.verbalize && (matches!(first, 'h' | 'w' | 'm' | 'e' | 'i' | 'v') || unit);
-        if !matches!(first, 'x' | 'X' | 'T' | 'o' | 'O' | 'u' | 'U') && !verbal {
-            return false;
-        }
-        if LETTER_EMOTICONS.iter().any(|e| emoticon_prefix(tail, e)) {
+        if matches!(first, 'x' | 'X' | 'T' | 'o' | 'O' | 'u' | 'U')
+            && LETTER_EMOTICONS.iter().any(|e| emoticon_prefix(tail, e))
+        {
             return true;
         }
         if !self.verbalize {
             return false;
         }
-        if VERBAL_PREFIXES.iter().any(|p| prefix_of(tail, p)) {
+        if matches!(first, 'h' | 'w' | 'm' | 'e' | 'i' | 'v')
+            && VERBAL_PREFIXES.iter().any(|p| prefix_of(tail, p))
+        {
             return true;
+        }
+        let unit = self.sent == 0 && self.ctx.number.is_some();
+        if !unit {
+            return false;
         }
         let tail: String = tail.iter().collect();
         let (core, _) = split_trailing(&tail);
-        unit && (unit_prefix(&tail) || unit_words(core, false).is_some())
+        unit_prefix(&tail) || unit_words(core, false).is_some()
     }
 
-    /// Whether the word starting with `c` may complete what waits.
-    fn wait_continues(&self, wait: &Wait, c: char) -> bool {
+    /// Whether the current word may still complete what waits: digit groups for a phone
+    /// number, a scale word (`million`) for money, each maybe with closing punctuation.
+    fn wait_continues(&self, wait: &Wait) -> bool {
+        let w = &self.word;
+        // Without its closing punctuation.
+        let core = w
+            .iter()
+            .rposition(|c| !".,!?;:)".contains(*c))
+            .map_or(0, |p| p + 1);
+        let head = w.get(..core).unwrap_or(&[]);
         match wait {
-            Wait::Phone { .. } => c.is_ascii_digit() || c == '(',
-            Wait::Money(..) => SCALES.iter().any(|s| s.starts_with(c)),
+            Wait::Phone { .. } => {
+                let group = |c: &char| c.is_ascii_digit() || "()-.".contains(*c);
+                w.first().is_some_and(|c| c.is_ascii_digit() || *c == '(') && head.iter().all(group)
+            }
+            Wait::Money(..) => {
+                let whole: String = w.iter().collect();
+                let head: String = head.iter().collect();
+                SCALES
+                    .iter()
+                    .any(|s| s.starts_with(whole.as_str()) || *s == head)
+            }
             Wait::Emoticon => false,
         }
     }
@@ -252,7 +282,7 @@ impl WordStage {
                     }
                 }
             }
-            Wait::Money(m, _) => {
+            Wait::Money(m) => {
                 self.pass_str(&m.words(None), out);
                 self.ctx.number = None;
             }
@@ -336,7 +366,7 @@ impl WordStage {
                 });
             }
         }
-        Money::parse(word).map(|m| Wait::Money(m, word.to_vec()))
+        Money::parse(word).map(Wait::Money)
     }
 
     /// The word after a waiting one has ended.
@@ -396,14 +426,14 @@ impl WordStage {
                     out,
                 );
             }
-            Wait::Money(m, w) => {
+            Wait::Money(m) => {
                 if SCALES.contains(&core) {
                     self.pass_str(&m.words(Some(core)), out);
                     self.pass_str(punct, out);
                     self.ctx.number = None;
                     return;
                 }
-                self.resolve(Wait::Money(m, w), space, Some(' '), out);
+                self.resolve(Wait::Money(m), space, Some(' '), out);
             }
             Wait::Emoticon => {}
         }
