@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use yap_engine::fit::{self, FitRequest, Gpu, ModelShape, Precision};
+use yap_remote::fit::{self, FitRequest, Gpu, ModelShape, Precision};
 
 /// Flags of `yap check`.
 #[derive(Debug, Clone, Args)]
@@ -31,7 +31,7 @@ pub struct CheckArgs {
     #[arg(long, env = "CHAT_GPU_FRAC", default_value_t = 0.90)]
     pub frac: f64,
     /// Tokens per sequence.
-    #[arg(long, env = "CHAT_MAX_LEN", default_value_t = 5525)]
+    #[arg(long, env = "CHAT_MAX_LEN", default_value_t = yap_core::config::defaults::CHAT_MAX_LEN as u64)]
     pub max_len: u64,
     /// Concurrent full-length sequences.
     #[arg(long, default_value_t = 1)]

@@ -3,7 +3,6 @@
 pub mod bench;
 pub mod check;
 pub mod client;
-pub mod double;
 pub mod model_fetch;
 pub mod plot;
 pub mod serve;

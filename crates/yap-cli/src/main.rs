@@ -10,7 +10,7 @@ use yap_cli::bench::{self, BenchArgs};
 use yap_cli::client::{self, ClientArgs};
 use yap_cli::tools::{self, LiveArgs, PersonalityArgs};
 use yap_cli::{model_fetch, serve};
-use yap_engine::supervise::SharedLog;
+use yap_remote::supervise::SharedLog;
 
 #[derive(Debug, Parser)]
 #[command(name = "yap", version, about = "Real-time voice companion server")]
@@ -55,13 +55,50 @@ enum Command {
         tool: bool,
     },
     /// An OpenAI-compatible engine stand-in for tests (streams words; can stall, fail, die).
+    #[cfg(feature = "dev-tools")]
     #[command(hide = true)]
-    EngineDouble(yap_cli::double::DoubleArgs),
+    EngineDouble(yap_testkit::double::DoubleArgs),
     /// Write a tiny random-weight GGUF chat model (for tests).
+    #[cfg(feature = "dev-tools")]
     MakeTestModel {
         /// Output path.
         path: PathBuf,
     },
+}
+
+/// Env names that are aliases of a `yap serve` flag's own env var (protocol-v1.md): when the
+/// alias is set and the flag's own variable is not, the value is passed as the flag.
+const ENV_ALIASES: [(&str, &str, &str); 2] = [
+    (
+        "HISTORY_MAX_TOKENS",
+        "CHAT_HISTORY_MAX_TOKENS",
+        "--chat-history-max-tokens",
+    ),
+    (
+        "TOOL_DECISION_THRESHOLD",
+        "TOOL_THRESHOLD",
+        "--tool-threshold",
+    ),
+];
+
+/// The command line with alias env vars turned into flags of `serve`.
+fn argv_with_aliases() -> Vec<std::ffi::OsString> {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let Some(at) = argv.iter().position(|a| a == "serve") else {
+        return argv;
+    };
+    for (alias, own, flag) in ENV_ALIASES {
+        let given = argv.iter().any(|a| a.to_string_lossy().starts_with(flag));
+        if given || std::env::var_os(own).is_some() {
+            continue;
+        }
+        if let Some(v) = std::env::var_os(alias) {
+            let mut f = std::ffi::OsString::from(format!("{flag}="));
+            f.push(v);
+            argv.insert(at + 1, f);
+        }
+    }
+    argv
 }
 
 fn filter() -> EnvFilter {
@@ -73,7 +110,7 @@ fn filter() -> EnvFilter {
 async fn main() -> Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(argv_with_aliases());
     let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if let Command::Serve(args) = &cli.command {
         // `yap serve` also writes its log to the rotated server.log (shared with launched
@@ -96,7 +133,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let running = serve::start(*args).await?;
-            tracing::info!(addr = %running.addr, "yap listening (ws: /ws, health: /healthz)");
+            tracing::info!(addr = %running.addr, "yap listening: {}", yap_server::describe(running.addr));
             tokio::select! {
                 r = tokio::signal::ctrl_c() => { r?; }
                 _ = terminate() => {}
@@ -127,9 +164,14 @@ async fn main() -> Result<()> {
             };
             println!("{}", path.display());
         }
-        Command::EngineDouble(args) => yap_cli::double::run(&args).await?,
+        #[cfg(feature = "dev-tools")]
+        Command::EngineDouble(args) => yap_testkit::double::run(&args).await?,
+        #[cfg(feature = "dev-tools")]
         Command::MakeTestModel { path } => {
-            yap_engine::tiny::write_tiny_model(&path, yap_engine::tiny::TinyModelSpec::default())?;
+            yap_testkit::tiny::write_tiny_model(
+                &path,
+                yap_testkit::tiny::TinyModelSpec::default(),
+            )?;
             println!("{}", path.display());
         }
     }

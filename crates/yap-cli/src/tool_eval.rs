@@ -149,6 +149,7 @@ async fn run_case(
 }
 
 /// Runs the evaluation and prints the report.
+#[allow(clippy::too_many_lines)] // split up by the conversation-file rewrite of tool-eval (issue 12)
 pub async fn run(args: &ToolEvalArgs) -> Result<bool> {
     let text = std::fs::read_to_string(&args.cases)
         .with_context(|| format!("reading {}", args.cases.display()))?;

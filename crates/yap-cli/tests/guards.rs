@@ -1,5 +1,6 @@
 //! Guards against a live server: rate limits, auth-failure limiting, origins, slot accounting
 //! under abrupt disconnects, and a fuzz run of random hostile message sequences.
+#![allow(clippy::unwrap_used, clippy::too_many_lines, missing_docs)]
 
 mod common;
 

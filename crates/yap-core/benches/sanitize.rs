@@ -3,6 +3,7 @@
 //! `reply` / `reply_verbalize` stream an ordinary reply (markup, emoji, a number); they are the
 //! before/after numbers in `docs/sanitizer.md`. `special` / `special_verbalize` stream a reply
 //! full of the forms the word stage reads (URL, e-mail, phone, money, emoticons, arrows).
+#![allow(clippy::unwrap_used, clippy::too_many_lines, missing_docs)]
 
 use criterion::{Criterion, Throughput, criterion_main};
 use yap_core::sanitize::Sanitizer;

@@ -209,7 +209,10 @@ mod tests {
             ["x", "--tool-threshold=1.5"],
             ["x", "--history-retention-pct=0"],
             ["x", "--deploy-mode=both-ish"],
-            ["x", "--check-screen-prefix=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"],
+            [
+                "x",
+                "--check-screen-prefix=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            ],
         ] {
             assert!(W::try_parse_from(bad).is_err(), "{bad:?}");
         }

@@ -88,8 +88,10 @@ pub struct TurnInput {
 pub struct CompletionInput {
     /// Chat messages rendered with the template, or
     pub messages: Option<Vec<ChatMessage>>,
-    /// a raw prompt used as is.
+    /// a raw prompt used as is, or
     pub raw_prompt: Option<String>,
+    /// a prompt already tokenized.
+    pub prompt_ids: Option<Vec<u32>>,
     /// Sampling.
     pub sampling: SamplingParams,
     /// Most new tokens (`None` = `CHAT_MAX_OUT`).
@@ -125,7 +127,9 @@ pub struct Core {
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Core")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -224,14 +228,21 @@ impl Core {
     }
 
     /// Validates and applies session changes.
-    pub fn update_session(&self, cell: &SessionCell, update: &SessionUpdate) -> Result<(), TurnError> {
+    pub fn update_session(
+        &self,
+        cell: &SessionCell,
+        update: &SessionUpdate,
+    ) -> Result<(), TurnError> {
         if let (Some(p), Some(f)) = (&update.persona_text, &self.format) {
             self.budget().check_persona(f, p)?;
         }
         let mut s = cell.lock();
         if let Some(p) = &update.persona_text {
             s.persona_text = Some(p.clone());
-        } else if update.persona_style.is_some() || update.gender.is_some() || update.user_identity.is_some() {
+        } else if update.persona_style.is_some()
+            || update.gender.is_some()
+            || update.user_identity.is_some()
+        {
             s.persona_text = None;
             if update.persona_style.is_some() {
                 s.persona_style.clone_from(&update.persona_style);
@@ -249,10 +260,12 @@ impl Core {
             s.sampling = Some(sampling.clone());
         }
         if update.check_screen_prefix.is_some() {
-            s.check_screen_prefix.clone_from(&update.check_screen_prefix);
+            s.check_screen_prefix
+                .clone_from(&update.check_screen_prefix);
         }
         if update.screen_checked_prefix.is_some() {
-            s.screen_checked_prefix.clone_from(&update.screen_checked_prefix);
+            s.screen_checked_prefix
+                .clone_from(&update.screen_checked_prefix);
         }
         let budget = self.budget();
         budget.trim_history(&mut s.history, |t| self.count_tokens(t));
@@ -261,12 +274,19 @@ impl Core {
 
     /// Whether a seed history fits the history budget (protocol v1 refuses one that does not).
     pub fn history_fits(&self, history: &[ChatMessage]) -> bool {
-        let total: usize = history.iter().map(|m| self.count_tokens(&m.content) + 4).sum();
+        let total: usize = history
+            .iter()
+            .map(|m| self.count_tokens(&m.content) + 4)
+            .sum();
         total <= self.config.chat_history_max_tokens
     }
 
     /// Sampling for a turn: server defaults, then the session's overrides, then the turn's.
-    pub fn sampling_for(&self, session: Option<&Sampling>, turn: Option<&Sampling>) -> SamplingParams {
+    pub fn sampling_for(
+        &self,
+        session: Option<&Sampling>,
+        turn: Option<&Sampling>,
+    ) -> SamplingParams {
         let mut p = SamplingParams {
             temperature: self.config.temperature,
             ..SamplingParams::default()
@@ -280,7 +300,12 @@ impl Core {
     /// Starts a turn of a session. A running turn of the session is cancelled first
     /// (`Superseded`) and has handed its terminal frame to its sink before this turn's first
     /// frame; concurrent starts on one session serialize on its gate.
-    pub async fn start_turn(self: &Arc<Self>, cell: Arc<SessionCell>, input: TurnInput, sink: SharedSink) -> TurnHandle {
+    pub async fn start_turn(
+        self: &Arc<Self>,
+        cell: Arc<SessionCell>,
+        input: TurnInput,
+        sink: SharedSink,
+    ) -> TurnHandle {
         let t0 = Instant::now();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (handle, control) = TurnHandle::new(id);
@@ -302,7 +327,9 @@ impl Core {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (handle, control) = TurnHandle::new(id);
         let core = Arc::clone(self);
-        tokio::spawn(turn::driver::run_completion(core, id, input, sink, control, t0));
+        tokio::spawn(turn::driver::run_completion(
+            core, id, input, sink, control, t0,
+        ));
         handle
     }
 
@@ -314,9 +341,10 @@ impl Core {
         };
         let s = cell.snapshot();
         let budget = self.budget();
-        let ids = tokio::task::spawn_blocking(move || budget.prefix(&format, &s.persona(), &s.history))
-            .await
-            .map_err(|e| TurnError::new(TurnErrorKind::Internal, e.to_string()))??;
+        let ids =
+            tokio::task::spawn_blocking(move || budget.prefix(&format, &s.persona(), &s.history))
+                .await
+                .map_err(|e| TurnError::new(TurnErrorKind::Internal, e.to_string()))??;
         let n = ids.len() as u32;
         let mut stream = self.engine.generate(yap_engine_api::EngineRequest {
             cache_key: cell.key().to_owned(),
@@ -332,7 +360,10 @@ impl Core {
                 yap_engine_api::EngineEvent::Text(_) => {}
             }
         }
-        Err(TurnError::new(TurnErrorKind::EngineUnavailable, "engine dropped the prefill"))
+        Err(TurnError::new(
+            TurnErrorKind::EngineUnavailable,
+            "engine dropped the prefill",
+        ))
     }
 
     /// The `ack` facts of a session.
@@ -385,5 +416,8 @@ pub fn sanitize_on(session: Option<&Sampling>, turn: Option<&Sampling>) -> bool 
 
 /// Messages of a role from a history (test and client helper).
 pub fn messages_of(history: &[ChatMessage], role: Role) -> impl Iterator<Item = &str> {
-    history.iter().filter(move |m| m.role == role).map(|m| m.content.as_str())
+    history
+        .iter()
+        .filter(move |m| m.role == role)
+        .map(|m| m.content.as_str())
 }

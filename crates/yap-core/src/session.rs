@@ -46,13 +46,21 @@ impl Session {
     /// The persona prompt in effect.
     pub fn persona(&self) -> String {
         self.persona_text.clone().unwrap_or_else(|| {
-            persona::compose(self.persona_style.as_deref(), self.gender, self.user_identity)
+            persona::compose(
+                self.persona_style.as_deref(),
+                self.gender,
+                self.user_identity,
+            )
         })
     }
 
     /// Approximate bytes held (for the store's weigher).
     pub fn weight(&self) -> u32 {
-        let text: usize = self.history.iter().map(|m| m.content.len() + 32).sum::<usize>()
+        let text: usize = self
+            .history
+            .iter()
+            .map(|m| m.content.len() + 32)
+            .sum::<usize>()
             + self.persona_text.as_ref().map_or(0, String::len);
         u32::try_from(text + 512).unwrap_or(u32::MAX)
     }
@@ -109,7 +117,9 @@ impl SessionCell {
 
     /// Locks the state (a poisoned lock is recovered: the state stays usable).
     pub fn lock(&self) -> MutexGuard<'_, Session> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A copy of the state.
@@ -119,7 +129,11 @@ impl SessionCell {
 
     /// The running turn, if any (without waiting for the gate).
     pub fn running(&self) -> Option<TurnHandle> {
-        self.gate.try_lock().ok().and_then(|g| g.clone()).filter(|t| !t.is_finished())
+        self.gate
+            .try_lock()
+            .ok()
+            .and_then(|g| g.clone())
+            .filter(|t| !t.is_finished())
     }
 }
 
@@ -157,8 +171,7 @@ impl SessionStore {
 
     /// The session of `id`, created when new.
     pub fn get(&self, id: &str) -> Arc<SessionCell> {
-        self.cache
-            .get_with(id.to_owned(), || SessionCell::new(id))
+        self.cache.get_with(id.to_owned(), || SessionCell::new(id))
     }
 
     /// The session of `id` when it exists.
@@ -203,7 +216,11 @@ mod tests {
     struct Releases(StdMutex<Vec<String>>);
     impl ChatEngine for Releases {
         fn info(&self) -> EngineInfo {
-            EngineInfo { kind: "t".into(), model: String::new(), context_tokens: 0 }
+            EngineInfo {
+                kind: "t".into(),
+                model: String::new(),
+                context_tokens: 0,
+            }
         }
         fn readiness(&self) -> Readiness {
             Readiness::Ready
@@ -219,22 +236,37 @@ mod tests {
     #[test]
     fn store_is_bounded_by_bytes_and_releases_evicted_sessions() {
         let engine = Arc::new(Releases::default());
-        let store = SessionStore::new(64 * 1024, std::time::Duration::from_secs(60), engine.clone());
+        let store = SessionStore::new(
+            64 * 1024,
+            std::time::Duration::from_secs(60),
+            engine.clone(),
+        );
         for i in 0..10_000 {
             let cell = store.get(&format!("s{i}"));
             cell.lock().persona_text = Some("x".repeat(1000));
             store.touch(&cell);
         }
-        assert!(store.weighted_bytes() <= 64 * 1024, "{}", store.weighted_bytes());
+        assert!(
+            store.weighted_bytes() <= 64 * 1024,
+            "{}",
+            store.weighted_bytes()
+        );
         assert!(store.len() < 100);
-        assert!(engine.0.lock().unwrap().len() > 9_000, "evictions release KV");
+        assert!(
+            engine.0.lock().unwrap().len() > 9_000,
+            "evictions release KV"
+        );
         assert!(!engine.0.lock().unwrap().iter().any(|k| k == "s9999"));
     }
 
     #[test]
     fn idle_sessions_expire() {
         let engine = Arc::new(Releases::default());
-        let store = SessionStore::new(1 << 20, std::time::Duration::from_millis(50), engine.clone());
+        let store = SessionStore::new(
+            1 << 20,
+            std::time::Duration::from_millis(50),
+            engine.clone(),
+        );
         store.get("a");
         std::thread::sleep(std::time::Duration::from_millis(120));
         assert!(store.peek("a").is_none());
@@ -246,7 +278,10 @@ mod tests {
     fn prefixes_are_stripped_for_the_tool_context() {
         let p = ["MUST CHECK SCREEN:", "ON THE SCREEN NOW:"];
         assert_eq!(strip_prefixes("MUST CHECK SCREEN: look", &p), "look");
-        assert_eq!(strip_prefixes("MUST CHECK SCREEN: ON THE SCREEN NOW: a cat", &p), "a cat");
+        assert_eq!(
+            strip_prefixes("MUST CHECK SCREEN: ON THE SCREEN NOW: a cat", &p),
+            "a cat"
+        );
         assert_eq!(strip_prefixes(" plain ", &p), "plain");
     }
 }

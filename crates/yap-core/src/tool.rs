@@ -8,7 +8,8 @@ use std::sync::Arc;
 pub use yap_tool::{ToolInput, ToolVerdict};
 
 /// A boxed classification future.
-pub type ClassifyFuture<'a> = Pin<Box<dyn Future<Output = Result<ToolVerdict, String>> + Send + 'a>>;
+pub type ClassifyFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ToolVerdict, String>> + Send + 'a>>;
 
 /// Decides whether a turn needs a screenshot. Dropping the future withdraws the request.
 pub trait Classifier: Send + Sync {

@@ -1,6 +1,7 @@
 //! The speech sanitizer's before/after table: every case of `data/sanitizer-cases.jsonl` (one
 //! JSON object a line: `rule`, `verbalize`, `input`, `expected`), run on the whole text, character
 //! by character, and in random chunks, which must all give the expected text.
+#![allow(clippy::unwrap_used, clippy::too_many_lines, missing_docs)]
 
 use serde_json::Value;
 use yap_core::sanitize::{Sanitizer, sanitize};
@@ -85,7 +86,7 @@ fn streamed(input: &str, verbalize: bool, mut seed: u64, max: u64) -> String {
 }
 
 #[test]
-fn every_case_holds_whole_and_streamed() {
+fn sanitize_table_holds_whole_and_streamed() {
     let mut failures = Vec::new();
     for c in cases() {
         let mut runs = vec![("whole", sanitize(&c.input, c.verbalize))];
@@ -112,7 +113,7 @@ fn every_case_holds_whole_and_streamed() {
 }
 
 #[test]
-fn the_table_covers_every_rule() {
+fn sanitize_table_covers_every_rule() {
     let cases = cases();
     assert!(cases.len() >= 150, "only {} cases", cases.len());
     for (rule, min) in RULES {

@@ -13,17 +13,24 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !v.is_finite() || v < 0.0 {
-        return Err(format!("`{s}` must be a finite, non-negative number of seconds"));
+        return Err(format!(
+            "`{s}` must be a finite, non-negative number of seconds"
+        ));
     }
     if v > MAX_SECONDS {
-        return Err(format!("`{s}` seconds is more than the maximum {MAX_SECONDS}"));
+        return Err(format!(
+            "`{s}` seconds is more than the maximum {MAX_SECONDS}"
+        ));
     }
     Ok(Duration::from_secs_f64(v))
 }
 
 /// Parses a fraction or probability in [0, 1].
 pub fn parse_unit(s: &str) -> Result<f32, String> {
-    let v: f32 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
+    let v: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
     if !(0.0..=1.0).contains(&v) {
         return Err(format!("`{s}` must be within [0, 1]"));
     }

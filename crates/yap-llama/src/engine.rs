@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::thread::JoinHandle;
 
+use llama_cpp_2::DecodeError;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -24,15 +25,14 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::DecodeError;
 use tracing::{debug, info, warn};
 use yap_engine_api::{
     ChatEngine, EngineError, EngineEvent, EngineInfo, EngineRequest, EngineStats, EngineUsage,
     FinishReason, GenerationStream, ModelText, Readiness, SamplingParams, StreamSender,
 };
 
-use crate::slots::{KvOp, Outcome, SlotTable};
 use crate::LoadError;
+use crate::slots::{KvOp, Outcome, SlotTable};
 
 /// Settings of the embedded engine.
 #[derive(Debug, Clone)]
@@ -354,8 +354,12 @@ fn decode_thread(
             sched.step(&mut batch);
         }
         let c = &sched.counters;
-        c.active.store((sched.active.len() + sched.waiting.len()) as u64, Ordering::Relaxed);
-        c.kv_used.store(sched.table.kv_used() as u64, Ordering::Relaxed);
+        c.active.store(
+            (sched.active.len() + sched.waiting.len()) as u64,
+            Ordering::Relaxed,
+        );
+        c.kv_used
+            .store(sched.table.kv_used() as u64, Ordering::Relaxed);
     }
     running.store(false, Ordering::Release);
     for a in sched.active.drain(..) {
@@ -459,7 +463,7 @@ impl Scheduler<'_> {
     }
 
     fn finish(&mut self, idx: usize, event: EngineEvent) {
-        let mut a = self.active.swap_remove(idx);
+        let a = self.active.swap_remove(idx);
         if !a.utf8.is_empty() {
             let rest = String::from_utf8_lossy(&a.utf8).into_owned();
             a.job.tx.send(EngineEvent::Text(rest));
@@ -476,7 +480,10 @@ impl Scheduler<'_> {
                 let a = self.active.swap_remove(i);
                 debug!(key = %a.job.cache_key, generated = a.generated, "generation cancelled");
                 // The consumer may still listen (a stop string hit): tell it the usage.
-                a.job.tx.send(EngineEvent::Finished { usage, reason: FinishReason::Cancelled });
+                a.job.tx.send(EngineEvent::Finished {
+                    usage,
+                    reason: FinishReason::Cancelled,
+                });
                 self.table.finish(a.slot);
             } else {
                 i += 1;
@@ -498,23 +505,30 @@ impl Scheduler<'_> {
     /// Starts a job; gives it back when it must wait (its slot or KV space is busy).
     fn admit(&mut self, job: Job) -> Option<Job> {
         let prompt: Vec<u32> = job.tokens.iter().map(|t| t.0 as u32).collect();
-        let (ops, outcome) = self.table.admit(&job.cache_key, &prompt, job.max_new as usize);
+        let (ops, outcome) = self
+            .table
+            .admit(&job.cache_key, &prompt, job.max_new as usize);
         self.apply(ops);
         let (slot, shared) = match outcome {
             Outcome::Run { slot, shared } => (slot, shared),
             Outcome::Wait => return Some(job),
             Outcome::TooLarge { needed, capacity } => {
-                job.tx.send(EngineEvent::Failed(EngineError::ContextOverflow {
-                    prompt: needed,
-                    context: capacity,
-                }));
+                job.tx
+                    .send(EngineEvent::Failed(EngineError::ContextOverflow {
+                        prompt: needed,
+                        context: capacity,
+                    }));
                 return None;
             }
         };
         let keep = self.table.held(slot).len();
         self.counters.generations.fetch_add(1, Ordering::Relaxed);
-        self.counters.cached_prompt_tokens.fetch_add(keep as u64, Ordering::Relaxed);
-        self.counters.shared_prefix_tokens.fetch_add(shared as u64, Ordering::Relaxed);
+        self.counters
+            .cached_prompt_tokens
+            .fetch_add(keep as u64, Ordering::Relaxed);
+        self.counters
+            .shared_prefix_tokens
+            .fetch_add(shared as u64, Ordering::Relaxed);
         debug!(key = %job.cache_key, prompt = job.tokens.len(), cached = keep, "generation admitted");
         self.active.push(Active {
             slot,
@@ -532,7 +546,13 @@ impl Scheduler<'_> {
         let last = self.active.len() - 1;
         if self.active[last].job.max_new == 0 && keep == self.active[last].job.tokens.len() {
             let usage = self.usage(last);
-            self.finish(last, EngineEvent::Finished { usage, reason: FinishReason::Prefilled });
+            self.finish(
+                last,
+                EngineEvent::Finished {
+                    usage,
+                    reason: FinishReason::Prefilled,
+                },
+            );
         }
         None
     }
@@ -558,7 +578,9 @@ impl Scheduler<'_> {
                 && n < budget
             {
                 let pos = self.table.held(a.slot).len() as i32;
-                batch.add(tok, pos, &[a.slot as i32], true).map_err(|e| e.to_string())?;
+                batch
+                    .add(tok, pos, &[a.slot as i32], true)
+                    .map_err(|e| e.to_string())?;
                 a.logits_at = Some(n);
                 n += 1;
             }
@@ -603,7 +625,9 @@ impl Scheduler<'_> {
             .filter(|a| a.fed_this_step > 0 || a.pending.is_some())
             .count() as u64;
         self.counters.steps.fetch_add(1, Ordering::Relaxed);
-        self.counters.peak_batch_sequences.fetch_max(seqs, Ordering::Relaxed);
+        self.counters
+            .peak_batch_sequences
+            .fetch_max(seqs, Ordering::Relaxed);
         let mut result = self.ctx.decode(batch);
         if matches!(result, Err(DecodeError::NoKvCacheSlot)) {
             // Fragmented or full cache: evict idle sessions and try once more.
@@ -624,7 +648,10 @@ impl Scheduler<'_> {
     fn record_fed(&mut self) {
         for a in &mut self.active {
             if a.fed_this_step > 0 {
-                self.table.fed(a.slot, &to_ids(&a.job.tokens[a.fed..a.fed + a.fed_this_step]));
+                self.table.fed(
+                    a.slot,
+                    &to_ids(&a.job.tokens[a.fed..a.fed + a.fed_this_step]),
+                );
                 a.fed += a.fed_this_step;
             } else if let Some(tok) = a.pending.take() {
                 self.table.fed(a.slot, &[tok.0 as u32]);
@@ -686,4 +713,55 @@ impl Scheduler<'_> {
 
 fn to_ids(tokens: &[LlamaToken]) -> Vec<u32> {
     tokens.iter().map(|t| t.0 as u32).collect()
+}
+
+/// Settings of the embedded engine (flattened into `yap serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EmbeddedArgs {
+    /// Embedded engine: KV cache cells shared by all sessions.
+    #[arg(
+        long = "kv-tokens",
+        env = "EMBEDDED_KV_TOKENS",
+        default_value_t = 32768
+    )]
+    pub kv_tokens: u32,
+    /// Embedded engine: sessions kept in the KV cache at once.
+    #[arg(
+        long = "max-sequences",
+        env = "EMBEDDED_MAX_SEQUENCES",
+        default_value_t = 32
+    )]
+    pub max_sequences: u32,
+    /// Embedded engine: most tokens per decode step.
+    #[arg(
+        long = "batch-tokens",
+        env = "EMBEDDED_BATCH_TOKENS",
+        default_value_t = 512
+    )]
+    pub batch_tokens: u32,
+    /// Embedded engine: CPU threads (0 = all cores).
+    #[arg(long = "threads", env = "EMBEDDED_THREADS", default_value_t = 0)]
+    pub threads: u32,
+    /// Embedded engine: share cached prefixes across sessions.
+    #[arg(long = "share-prefixes", env = "EMBEDDED_SHARE_PREFIXES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub share_prefixes: bool,
+    /// Embedded engine: layers on the GPU (needs a `cuda` build).
+    #[arg(long = "gpu-layers", env = "EMBEDDED_GPU_LAYERS", default_value_t = 0)]
+    pub gpu_layers: u32,
+}
+
+impl EmbeddedArgs {
+    /// The engine's configuration for a model and a per-sequence context.
+    pub fn config(&self, model: PathBuf, max_sequence_tokens: u32) -> LlamaConfig {
+        LlamaConfig {
+            model_path: model,
+            kv_tokens: self.kv_tokens,
+            max_sequences: self.max_sequences,
+            max_sequence_tokens,
+            batch_tokens: self.batch_tokens,
+            threads: self.threads,
+            gpu_layers: self.gpu_layers,
+            share_prefixes: self.share_prefixes,
+        }
+    }
 }

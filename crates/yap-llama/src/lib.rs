@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::{LogOptions, send_logs_to_tracing};
 
-pub use engine::{LlamaConfig, LlamaEngine};
+pub use engine::{EmbeddedArgs, LlamaConfig, LlamaEngine};
 
 /// Errors of loading a model.
 #[derive(Debug, Clone, thiserror::Error)]

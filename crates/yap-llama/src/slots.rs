@@ -161,7 +161,13 @@ impl SlotTable {
 
     /// Keeps the longest usable prefix in `slot`: its own, or a longer one shared from another
     /// session. Returns the tokens shared.
-    fn reuse_prefix(&mut self, slot: usize, prompt: &[Token], cap: usize, ops: &mut Vec<KvOp>) -> usize {
+    fn reuse_prefix(
+        &mut self,
+        slot: usize,
+        prompt: &[Token],
+        cap: usize,
+        ops: &mut Vec<KvOp>,
+    ) -> usize {
         let keep = lcp(&self.slots[slot].tokens, prompt).min(cap);
         let donor = self
             .slots
@@ -172,7 +178,11 @@ impl SlotTable {
             .max_by_key(|&(_, n)| n);
         match donor {
             Some((src, len)) if len > keep + self.min_shared => {
-                ops.push(KvOp::Share { src, dst: slot, len });
+                ops.push(KvOp::Share {
+                    src,
+                    dst: slot,
+                    len,
+                });
                 self.slots[slot].tokens = self.slots[src].tokens[..len].to_vec();
                 len
             }
@@ -279,7 +289,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn run(t: &mut SlotTable, key: &str, prompt: &[Token], max_new: usize) -> (Vec<KvOp>, usize, usize) {
+    fn run(
+        t: &mut SlotTable,
+        key: &str,
+        prompt: &[Token],
+        max_new: usize,
+    ) -> (Vec<KvOp>, usize, usize) {
         let (ops, out) = t.admit(key, prompt, max_new);
         let Outcome::Run { slot, shared } = out else {
             panic!("not admitted: {out:?}");
@@ -295,9 +310,8 @@ mod tests {
         let (_, s, _) = run(&mut t, "a", &[1, 2, 3, 4, 5], 3);
         t.fed(s, &[9, 9]);
         t.finish(s);
-        let (ops, s2, shared) = t.admit("a", &[1, 2, 3, 7], 3);
-        assert_eq!(shared, 0);
-        assert!(matches!(s2, Outcome::Run { slot, .. } if slot == s));
+        let (ops, out) = t.admit("a", &[1, 2, 3, 7], 3);
+        assert!(matches!(out, Outcome::Run { slot, shared: 0 } if slot == s));
         assert_eq!(ops, vec![KvOp::Truncate { slot: s, from: 3 }]);
         assert_eq!(t.held(s), &[1, 2, 3]);
     }
@@ -334,7 +348,14 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(shared, 40);
-        assert_eq!(ops, vec![KvOp::Share { src: s1, dst: slot, len: 40 }]);
+        assert_eq!(
+            ops,
+            vec![KvOp::Share {
+                src: s1,
+                dst: slot,
+                len: 40
+            }]
+        );
         // Without sharing, nothing is copied.
         let mut t = SlotTable::new(4, 1000, false, 16);
         let (_, s1, _) = run(&mut t, "a", &p1, 5);
@@ -367,7 +388,10 @@ mod tests {
         assert_eq!(t.admit("a", &[1; 12], 5).1, Outcome::Wait);
         t.finish(s);
         let (_, out) = t.admit("b", &[2; 200], 5);
-        assert!(matches!(out, Outcome::TooLarge { capacity: 100, .. }), "{out:?}");
+        assert!(
+            matches!(out, Outcome::TooLarge { capacity: 100, .. }),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -392,7 +416,10 @@ mod tests {
     fn release_frees_idle_slots_only() {
         let mut t = SlotTable::new(2, 100, false, 4);
         let (_, a, _) = run(&mut t, "a", &[1, 2], 3);
-        assert!(t.release("a").is_empty(), "active sessions are not released");
+        assert!(
+            t.release("a").is_empty(),
+            "active sessions are not released"
+        );
         t.finish(a);
         assert_eq!(t.release("a"), vec![KvOp::Clear(a)]);
         assert_eq!(t.sessions(), 0);
@@ -433,7 +460,7 @@ mod tests {
                             prop_assert!(running.values().all(|&(s, _)| s != slot));
                             prop_assert!(t.committed() <= 120);
                             let keep = t.held(slot).len();
-                            prop_assert_eq!(&t.held(slot)[..], &prompt[..keep]);
+                            prop_assert_eq!(t.held(slot), &prompt[..keep]);
                             t.fed(slot, &prompt[keep..]);
                             running.insert(k, (slot, n as usize));
                         }

@@ -47,7 +47,8 @@ impl Tokenizer for LlamaTokenizer {
             .tokens()
             .filter(|&t| vocab.is_control(t))
             .map(|t| {
-                let text = String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
+                let text =
+                    String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
                 (text, t.0 as u32)
             })
             .collect()
@@ -57,9 +58,8 @@ impl Tokenizer for LlamaTokenizer {
 /// The tokenizer and template facts of a loaded model.
 pub fn model_text(model: Arc<LlamaModel>) -> ModelText {
     let vocab = model.vocab();
-    let piece = |t: LlamaToken| {
-        String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
-    };
+    let piece =
+        |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
     let bos = piece(vocab.bos());
     let eos = piece(vocab.eos());
     let name = model
@@ -92,6 +92,7 @@ pub fn load_model_text(path: &Path) -> Result<ModelText, LoadError> {
         return Err(err("no such file".into()));
     }
     let params = LlamaModelParams::default().with_vocab_only(true);
-    let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| err(e.to_string()))?;
+    let model =
+        LlamaModel::load_from_file(backend, path, &params).map_err(|e| err(e.to_string()))?;
     Ok(model_text(Arc::new(model)))
 }

@@ -61,9 +61,9 @@ impl Sampling {
     pub fn validate(&self) -> Result<(), SamplingError> {
         fn check(name: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), SamplingError> {
             match v {
-                Some(x) if !x.is_finite() || x < lo || x > hi => Err(SamplingError(
-                    format!("sampling.{name}={x} is outside [{lo}, {hi}]"),
-                )),
+                Some(x) if !x.is_finite() || x < lo || x > hi => Err(SamplingError(format!(
+                    "sampling.{name}={x} is outside [{lo}, {hi}]"
+                ))),
                 _ => Ok(()),
             }
         }
@@ -77,7 +77,6 @@ impl Sampling {
         Ok(())
     }
 }
-
 
 /// A sampling value out of its range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,8 +129,12 @@ impl<'de> Deserialize<'de> for RequestId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Clients read frames through a buffered (internally tagged) enum: go through a Value.
         match serde_json::Value::deserialize(d)? {
-            v @ (serde_json::Value::String(_) | serde_json::Value::Number(_)) => Ok(Self(v.to_string())),
-            _ => Err(serde::de::Error::custom("request_id must be a string or a number")),
+            v @ (serde_json::Value::String(_) | serde_json::Value::Number(_)) => {
+                Ok(Self(v.to_string()))
+            }
+            _ => Err(serde::de::Error::custom(
+                "request_id must be a string or a number",
+            )),
         }
     }
 }

@@ -89,7 +89,10 @@ mod tests {
         assert_eq!(dialect_of(r#"{"type":"start","v":2}"#), Dialect::V1);
         assert_eq!(dialect_of(r#"{"type":"start","v":"1"}"#), Dialect::V0);
         assert_eq!(dialect_of(r#"{"type":"start","v":1.5}"#), Dialect::V0);
-        assert_eq!(dialect_of(r#"{"type":"start","session_id":"s"}"#), Dialect::V0);
+        assert_eq!(
+            dialect_of(r#"{"type":"start","session_id":"s"}"#),
+            Dialect::V0
+        );
         assert_eq!(dialect_of("__END__"), Dialect::V0);
         assert_eq!(dialect_of("{nope"), Dialect::V0);
     }
@@ -99,8 +102,12 @@ mod tests {
         let raw: Box<serde_json::value::RawValue> =
             serde_json::from_str("123456789012345678901234567890").unwrap();
         let id = RequestId::from_raw(&raw).unwrap().unwrap();
-        assert_eq!(serde_json::to_string(&id).unwrap(), "123456789012345678901234567890");
-        let raw: Box<serde_json::value::RawValue> = serde_json::from_str("9007199254740993").unwrap();
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            "123456789012345678901234567890"
+        );
+        let raw: Box<serde_json::value::RawValue> =
+            serde_json::from_str("9007199254740993").unwrap();
         let id = RequestId::from_raw(&raw).unwrap().unwrap();
         assert_eq!(serde_json::to_string(&id).unwrap(), "9007199254740993");
         assert_eq!(id.as_text(), "9007199254740993");

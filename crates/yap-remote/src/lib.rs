@@ -6,6 +6,7 @@
 //! - [`fit`]: checks that weights and KV cache fit a GPU before launching.
 //! - [`supervise`]: runs a launched engine as a child, restarts it, stops it.
 
+pub mod args;
 pub mod fit;
 pub mod launch;
 pub mod remote;

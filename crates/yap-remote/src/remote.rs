@@ -188,7 +188,9 @@ async fn served_model(shared: &Shared) -> Option<String> {
             get = get.bearer_auth(key);
         }
         let Ok(resp) = get.send().await else { continue };
-        let Ok(v) = resp.json::<Value>().await else { continue };
+        let Ok(v) = resp.json::<Value>().await else {
+            continue;
+        };
         if let Some(id) = v.pointer("/data/0/id").and_then(Value::as_str) {
             return Some(id.to_owned());
         }
@@ -366,7 +368,13 @@ async fn post(
     }
 }
 
-async fn run_request(shared: Arc<Shared>, session: String, body: Value, order: Vec<usize>, tx: StreamSender) {
+async fn run_request(
+    shared: Arc<Shared>,
+    session: String,
+    body: Value,
+    order: Vec<usize>,
+    tx: StreamSender,
+) {
     let mut last_err = EngineError::Unavailable("no healthy replica".into());
     for idx in order {
         let replica = &shared.replicas[idx];
@@ -394,7 +402,11 @@ async fn run_request(shared: Arc<Shared>, session: String, body: Value, order: V
 }
 
 /// What one SSE data line means.
-fn parse_chunk(data: &str, usage: &mut EngineUsage, reason: &mut FinishReason) -> Result<Option<String>, EngineError> {
+fn parse_chunk(
+    data: &str,
+    usage: &mut EngineUsage,
+    reason: &mut FinishReason,
+) -> Result<Option<String>, EngineError> {
     let Ok(v) = serde_json::from_str::<Value>(data) else {
         return Ok(None);
     };
@@ -440,7 +452,9 @@ async fn stream_response(shared: &Shared, resp: reqwest::Response, tx: &StreamSe
         };
         let event = match next {
             Err(_) => Err(EngineError::Unavailable(format!("no chunk for {limit:?}"))),
-            Ok(None) => Err(EngineError::Unavailable("engine closed the stream before [DONE]".into())),
+            Ok(None) => Err(EngineError::Unavailable(
+                "engine closed the stream before [DONE]".into(),
+            )),
             Ok(Some(Err(e))) => Err(EngineError::Unavailable(format!("stream broke: {e}"))),
             Ok(Some(Ok(ev))) => Ok(ev),
         };
@@ -455,7 +469,9 @@ async fn stream_response(shared: &Shared, resp: reqwest::Response, tx: &StreamSe
             if usage.completion_tokens == 0 {
                 usage.completion_tokens = pieces;
             }
-            shared.cached.fetch_add(u64::from(usage.cached_prompt_tokens), Ordering::Relaxed);
+            shared
+                .cached
+                .fetch_add(u64::from(usage.cached_prompt_tokens), Ordering::Relaxed);
             tx.send(EngineEvent::Finished { usage, reason });
             return;
         }
@@ -479,7 +495,12 @@ impl ChatEngine for RemoteEngine {
     }
 
     fn readiness(&self) -> Readiness {
-        if self.shared.replicas.iter().any(|r| r.healthy.load(Ordering::Acquire)) {
+        if self
+            .shared
+            .replicas
+            .iter()
+            .any(|r| r.healthy.load(Ordering::Acquire))
+        {
             Readiness::Ready
         } else {
             Readiness::Down("no engine replica is healthy".into())
@@ -574,7 +595,10 @@ mod tests {
         // session would move to another replica on upgrade.
         assert_eq!(fnv1a(&[b"session-42", b"http://a:1"]), PINNED);
         let order = rendezvous_order("session-42", &["http://a:1", "http://b:1", "http://c:1"]);
-        assert_eq!(order, rendezvous_order("session-42", &["http://a:1", "http://b:1", "http://c:1"]));
+        assert_eq!(
+            order,
+            rendezvous_order("session-42", &["http://a:1", "http://b:1", "http://c:1"])
+        );
         assert_eq!(fnv1a(&[b"a"]), fnv1a(&[b"a"]));
         assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
     }

@@ -1,40 +1,55 @@
 //! The OpenAI-compatible HTTP API: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
-//! Same engines and API key as the WebSocket protocol; SSE streaming; a client disconnect drops
-//! the generation stream, which aborts the generation.
+//! Requests run through the core's one turn driver ([`yap_core::Core::complete`]); SSE streams
+//! its frames. A client that disconnects drops the stream, which cancels the turn.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{self, Stream, StreamExt};
-use serde_json::{Map, Value, json};
-use subtle::ConstantTimeEq;
-use yap_core::{CompletionParams, TurnError};
-use yap_engine::{ChatMessage, EngineEvent, FinishReason, GenerationStream, Role};
-use yap_protocol::ErrorCode;
+use futures_util::stream::{self, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use yap_core::prompt::{ChatMessage, Role};
+use yap_core::{CancelReason, CompletionInput, TurnError, TurnErrorKind, TurnFrame, TurnHandle};
+use yap_engine_api::SamplingParams;
+use yap_protocol::Usage;
 
 use crate::AppState;
+use crate::auth::{self, Verdict};
 
 /// An OpenAI-shaped error response.
+#[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
-    param: Option<&'static str>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
-    fn bad(message: impl Into<String>, param: Option<&'static str>) -> Self {
+    fn bad(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_request_error",
             message: message.into(),
-            param,
+            retry_after: None,
+        }
+    }
+
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -46,15 +61,17 @@ impl IntoResponse for ApiError {
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::SERVICE_UNAVAILABLE => "engine_unavailable",
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
+            StatusCode::INTERNAL_SERVER_ERROR => "internal_error",
             _ => "invalid_request",
         };
-        let body = json!({"error": {
-            "message": self.message, "type": self.kind, "param": self.param, "code": code,
-        }});
+        let body = json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": code}});
         let mut resp = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(secs) = self
+            .retry_after
+            .or((self.status == StatusCode::TOO_MANY_REQUESTS).then_some(1))
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
     }
@@ -62,54 +79,38 @@ impl IntoResponse for ApiError {
 
 impl From<TurnError> for ApiError {
     fn from(e: TurnError) -> Self {
-        match e.code {
-            ErrorCode::EngineUnavailable => Self {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                kind: "server_error",
-                message: e.message,
-                param: None,
-            },
-            ErrorCode::InternalError => Self {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                kind: "server_error",
-                message: e.message,
-                param: None,
-            },
-            _ => Self::bad(e.message, None),
+        match e.kind {
+            TurnErrorKind::EngineUnavailable => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.message)
+            }
+            TurnErrorKind::Internal => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.message)
+            }
+            _ => Self::bad(e.message),
         }
     }
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    let ok = key.is_some_and(|k| bool::from(k.as_bytes().ct_eq(state.config.api_key.as_bytes())));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            kind: "invalid_request_error",
-            message: "missing or invalid API key (Authorization: Bearer KEY, or X-API-Key)".into(),
-            param: None,
-        })
-    }
-}
-
-fn ready(state: &AppState) -> Result<(), ApiError> {
-    if state.core.engine().is_ready() {
-        Ok(())
-    } else {
-        Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            kind: "server_error",
-            message: "the chat engine is not running".into(),
-            param: None,
-        })
+fn authorize(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = auth::presented_key(headers, &std::collections::HashMap::new());
+    match state
+        .auth
+        .check(&peer.ip().to_string(), presented.as_deref())
+    {
+        Verdict::Ok => Ok(()),
+        Verdict::Denied => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "missing or invalid API key (Authorization: Bearer KEY, or X-API-Key)",
+        )),
+        Verdict::Blocked(wait) => Err(ApiError {
+            retry_after: Some(wait.as_secs().max(1)),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "too many failed authentications from this address",
+            )
+        }),
     }
 }
 
@@ -117,193 +118,232 @@ fn ready(state: &AppState) -> Result<(), ApiError> {
 async fn acquire_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     match tokio::time::timeout(
         state.config.acquire_timeout,
-        std::sync::Arc::clone(&state.slots).acquire_owned(),
+        Arc::clone(&state.slots).acquire_owned(),
     )
     .await
     {
         Ok(Ok(permit)) => Ok(permit),
-        _ => Err(ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            kind: "rate_limit_error",
-            message: format!(
+        _ => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
                 "server at capacity ({} connections); retry with backoff",
-                state.config.max_connections
+                state.config.max_connections()
             ),
-            param: None,
-        }),
-    }
-}
-
-fn parse_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad(
-            "the request body must be a JSON object",
-            None,
-        )),
-        Err(e) => Err(ApiError::bad(format!("invalid JSON body: {e}"), None)),
-    }
-}
-
-fn num(
-    body: &Map<String, Value>,
-    key: &'static str,
-    lo: f64,
-    hi: f64,
-) -> Result<Option<f64>, ApiError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            let v = n.as_f64().unwrap_or(f64::NAN);
-            if v.is_finite() && (lo..=hi).contains(&v) {
-                Ok(Some(v))
-            } else {
-                Err(ApiError::bad(
-                    format!("`{key}`={v} is outside [{lo}, {hi}]"),
-                    Some(key),
-                ))
-            }
-        }
-        Some(_) => Err(ApiError::bad(
-            format!("`{key}` must be a number"),
-            Some(key),
         )),
     }
 }
 
-struct Request {
-    params: CompletionParams,
-    stream: bool,
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+    /// A prompt given as token ids (what engines such as vLLM accept too).
+    Ids(Vec<u32>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    role: String,
+    content: Option<Content>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
     include_usage: bool,
-    model: String,
 }
 
-fn parse_common(state: &AppState, body: &Map<String, Value>) -> Result<Request, ApiError> {
-    let mut sampling = state.core.config().default_sampling.clone();
-    if let Some(v) = num(body, "temperature", 0.0, 2.0)? {
-        sampling.temperature = v as f32;
+/// The fields of both endpoints (unknown ones are ignored, as OpenAI servers do).
+#[derive(Debug, Deserialize)]
+struct Body {
+    model: Option<String>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<f64>,
+    min_p: Option<f64>,
+    repetition_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    seed: Option<f64>,
+    max_tokens: Option<f64>,
+    max_completion_tokens: Option<f64>,
+    n: Option<f64>,
+    stop: Option<OneOrMany>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    messages: Option<Vec<Message>>,
+    prompt: Option<OneOrMany>,
+}
+
+/// Most stop strings and their longest length.
+const MAX_STOPS: usize = 4;
+const MAX_STOP_CHARS: usize = 128;
+
+fn in_range(name: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
+    match v {
+        Some(x) if !x.is_finite() || x < lo || x > hi => Err(ApiError::bad(format!(
+            "`{name}`={x} is outside [{lo}, {hi}]"
+        ))),
+        other => Ok(other),
     }
-    if let Some(v) = num(body, "top_p", 0.0, 1.0)? {
-        sampling.top_p = v as f32;
-    }
-    if let Some(v) = num(body, "top_k", 0.0, 1000.0)? {
-        sampling.top_k = v as i32;
-    }
-    if let Some(v) = num(body, "min_p", 0.0, 1.0)? {
-        sampling.min_p = v as f32;
-    }
-    if let Some(v) = num(body, "repetition_penalty", 0.5, 2.0)? {
-        sampling.repetition_penalty = v as f32;
-    }
-    if let Some(v) = num(body, "presence_penalty", -2.0, 2.0)? {
-        sampling.presence_penalty = v as f32;
-    }
-    if let Some(v) = num(body, "frequency_penalty", -2.0, 2.0)? {
-        sampling.frequency_penalty = v as f32;
-    }
-    if let Some(v) = num(body, "seed", 0.0, u32::MAX as f64)? {
-        sampling.seed = Some(v as u32);
-    }
-    let max_tokens = num(body, "max_completion_tokens", 1.0, 1e9)?
-        .or(num(body, "max_tokens", 1.0, 1e9)?)
-        .map(|v| v as u32);
-    if let Some(n) = num(body, "n", 1.0, 1e9)?
-        && n != 1.0
-    {
-        return Err(ApiError::bad("only n=1 is supported", Some("n")));
-    }
-    let stop = match body.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) if items.len() <= 4 => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ApiError::bad("`stop` must hold strings", Some("stop")))?,
-        Some(_) => {
-            return Err(ApiError::bad(
-                "`stop` must be a string or an array of at most 4 strings",
-                Some("stop"),
-            ));
+}
+
+fn sampling(base: SamplingParams, b: &Body) -> Result<SamplingParams, ApiError> {
+    let mut s = base;
+    let set = |dst: &mut f32, v: Option<f64>| {
+        if let Some(v) = v {
+            *dst = v as f32;
         }
     };
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ApiError::bad("`stream` must be a boolean", Some("stream"))),
-    };
-    let include_usage = body
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| state.core.model_name());
-    Ok(Request {
-        params: CompletionParams {
-            sampling,
-            max_tokens,
-            stop,
-        },
-        stream,
-        include_usage,
-        model,
-    })
+    set(
+        &mut s.temperature,
+        in_range("temperature", b.temperature, 0.0, 2.0)?,
+    );
+    set(&mut s.top_p, in_range("top_p", b.top_p, 0.0, 1.0)?);
+    set(&mut s.min_p, in_range("min_p", b.min_p, 0.0, 1.0)?);
+    set(
+        &mut s.repetition_penalty,
+        in_range("repetition_penalty", b.repetition_penalty, 0.5, 2.0)?,
+    );
+    set(
+        &mut s.presence_penalty,
+        in_range("presence_penalty", b.presence_penalty, -2.0, 2.0)?,
+    );
+    set(
+        &mut s.frequency_penalty,
+        in_range("frequency_penalty", b.frequency_penalty, -2.0, 2.0)?,
+    );
+    if let Some(k) = in_range("top_k", b.top_k, 0.0, 1000.0)? {
+        s.top_k = k as i32;
+    }
+    if let Some(seed) = in_range("seed", b.seed, 0.0, f64::from(u32::MAX))? {
+        s.seed = Some(seed as u32);
+    }
+    Ok(s)
 }
 
-fn message_text(content: &Value) -> Option<String> {
-    match content {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(parts) => Some(
-            parts
-                .iter()
-                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ),
-        Value::Null => Some(String::new()),
-        _ => None,
+fn stops(b: &Body) -> Result<Vec<String>, ApiError> {
+    let list = match &b.stop {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![s.clone()],
+        Some(OneOrMany::Many(v)) => v.clone(),
+        Some(OneOrMany::Ids(_)) => return Err(ApiError::bad("`stop` must be a string or strings")),
+    };
+    if list.len() > MAX_STOPS || list.iter().any(|s| s.chars().count() > MAX_STOP_CHARS) {
+        return Err(ApiError::bad(format!(
+            "`stop` must be at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters"
+        )));
     }
+    Ok(list.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
-fn parse_messages(body: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
-    let Some(Value::Array(items)) = body.get("messages") else {
-        return Err(ApiError::bad(
-            "`messages` must be an array",
-            Some("messages"),
-        ));
-    };
-    if items.is_empty() {
-        return Err(ApiError::bad(
-            "`messages` must not be empty",
-            Some("messages"),
-        ));
+fn messages(list: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
+    if list.is_empty() {
+        return Err(ApiError::bad("`messages` must not be empty"));
     }
-    items
-        .iter()
+    let out: Vec<ChatMessage> = list
+        .into_iter()
         .map(|m| {
-            let role = match m.get("role").and_then(Value::as_str) {
-                Some("system" | "developer") => Role::System,
-                Some("user") => Role::User,
-                Some("assistant") => Role::Assistant,
-                other => {
-                    return Err(ApiError::bad(
-                        format!("unsupported message role {other:?}"),
-                        Some("messages"),
-                    ));
-                }
+            let role = match m.role.as_str() {
+                "system" | "developer" => Role::System,
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                other => return Err(ApiError::bad(format!("unsupported message role `{other}`"))),
             };
-            let text = m
-                .get("content")
-                .and_then(message_text)
-                .ok_or_else(|| ApiError::bad("message content must be text", Some("messages")))?;
+            let text = match m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t,
+                Some(Content::Parts(parts)) => parts
+                    .into_iter()
+                    .filter(|p| p.kind == "text")
+                    .filter_map(|p| p.text)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            };
             Ok(ChatMessage::new(role, text))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if !out.iter().any(|m| m.role == Role::User) {
+        return Err(ApiError::bad(
+            "messages must contain at least one user message",
+        ));
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+/// The core's completion input from a request body.
+fn completion_input(
+    state: &AppState,
+    b: Body,
+    kind: Kind,
+) -> Result<(CompletionInput, bool, bool, String), ApiError> {
+    if b.n.is_some_and(|n| n != 1.0) {
+        return Err(ApiError::bad("only n=1 is supported"));
+    }
+    let max = in_range("max_completion_tokens", b.max_completion_tokens, 1.0, 1e9)?.or(in_range(
+        "max_tokens",
+        b.max_tokens,
+        1.0,
+        1e9,
+    )?);
+    let sampling = sampling(state.core.sampling_for(None, None), &b)?;
+    let stop = stops(&b)?;
+    let (mut msgs, mut raw, mut ids) = (None, None, None);
+    match kind {
+        Kind::Chat => {
+            msgs =
+                Some(messages(b.messages.ok_or_else(|| {
+                    ApiError::bad("`messages` must be an array")
+                })?)?)
+        }
+        Kind::Text => match b.prompt {
+            Some(OneOrMany::One(p)) => raw = Some(p),
+            Some(OneOrMany::Many(mut v)) if v.len() == 1 => raw = v.pop(),
+            Some(OneOrMany::Ids(v)) if !v.is_empty() => ids = Some(v),
+            _ => {
+                return Err(ApiError::bad(
+                    "`prompt` must be a string or an array of token ids",
+                ));
+            }
+        },
+    }
+    if raw.as_deref() == Some("") {
+        return Err(ApiError::bad("prompt must not be empty"));
+    }
+    let model = b.model.unwrap_or_else(|| state.core.model_name());
+    let include_usage = b.stream_options.unwrap_or_default().include_usage;
+    let input = CompletionInput {
+        messages: msgs,
+        raw_prompt: raw,
+        prompt_ids: ids,
+        sampling,
+        max_tokens: max.map(|m| m as u32),
+        stop,
+    };
+    Ok((input, b.stream, include_usage, model))
 }
 
 fn now_s() -> u64 {
@@ -312,14 +352,7 @@ fn now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn finish_name(r: FinishReason) -> &'static str {
-    match r {
-        FinishReason::Length => "length",
-        FinishReason::Stop | FinishReason::Prefilled => "stop",
-    }
-}
-
-fn usage_json(u: &yap_engine::EngineUsage) -> Value {
+fn usage_json(u: &Usage) -> Value {
     json!({
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
@@ -328,195 +361,221 @@ fn usage_json(u: &yap_engine::EngineUsage) -> Value {
     })
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Chat,
-    Text,
-}
-
-async fn collect(
-    mut stream: GenerationStream,
-) -> Result<(String, yap_engine::EngineUsage, FinishReason), ApiError> {
-    let mut text = String::new();
-    while let Some(ev) = stream.next().await {
-        match ev {
-            EngineEvent::Text(t) => text.push_str(&t),
-            EngineEvent::Finished { usage, reason } => return Ok((text, usage, reason)),
-            EngineEvent::Failed(e) => return Err(TurnError::from(e).into()),
-        }
+fn finish_name(u: &Usage, max: Option<u32>) -> &'static str {
+    if max.is_some_and(|m| u.completion_tokens >= m) {
+        "length"
+    } else {
+        "stop"
     }
-    Err(ApiError::from(TurnError {
-        code: ErrorCode::EngineUnavailable,
-        message: "engine stopped during the request".into(),
-    }))
 }
 
-fn sse_stream(
-    permit: tokio::sync::OwnedSemaphorePermit,
-    stream: GenerationStream,
+/// A running completion: its frames, the turn, and the slot it holds.
+struct Running {
+    rx: mpsc::Receiver<TurnFrame>,
+    turn: TurnHandle,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // The client is gone (or the response is done): stop the generation.
+        self.turn.cancel(CancelReason::Disconnected);
+    }
+}
+
+struct Shape {
     kind: Kind,
     id: String,
     model: String,
-    include_usage: bool,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let created = now_s();
-    let chunk = move |delta: Value, finish: Option<&str>| -> Value {
-        match kind {
-            Kind::Chat => json!({"id": id, "object": "chat.completion.chunk", "created": created,
-                "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
-            Kind::Text => json!({"id": id, "object": "text_completion", "created": created,
-                "model": model, "choices": [{"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")),
-                "finish_reason": finish, "logprobs": null}]}),
-        }
-    };
-    let first =
-        (kind == Kind::Chat).then(|| chunk(json!({"role": "assistant", "content": ""}), None));
-    let head = stream::iter(first.map(|v| Ok(Event::default().data(v.to_string()))));
-    // The slot is held for as long as the stream lives (dropped with it on disconnect).
-    let body = stream::unfold(Some((stream, chunk, permit)), move |state| async move {
-        let (mut stream, chunk, permit) = state?;
-        match stream.next().await {
-            Some(EngineEvent::Text(t)) => {
-                let ev = Event::default().data(chunk(json!({"content": t}), None).to_string());
-                Some((vec![ev], Some((stream, chunk, permit))))
-            }
-            Some(EngineEvent::Finished { usage, reason }) => {
-                let mut evs = vec![Event::default().data(chunk(json!({}), Some(finish_name(reason))).to_string())];
-                if include_usage {
-                    let mut last = chunk(json!({}), None);
-                    last["choices"] = json!([]);
-                    last["usage"] = usage_json(&usage);
-                    evs.push(Event::default().data(last.to_string()));
-                }
-                evs.push(Event::default().data("[DONE]"));
-                Some((evs, None))
-            }
-            Some(EngineEvent::Failed(e)) => {
-                let err = json!({"error": {"message": e.to_string(), "type": "server_error", "code": "engine_unavailable"}});
-                Some((vec![Event::default().data(err.to_string()), Event::default().data("[DONE]")], None))
-            }
-            None => None,
-        }
-    })
-    .flat_map(|evs| stream::iter(evs.into_iter().map(Ok)));
-    head.chain(body)
+    created: u64,
+    max: Option<u32>,
 }
 
-fn sse_response(s: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
-    let mut resp = Sse::new(s).into_response();
+impl Shape {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        match self.kind {
+            Kind::Chat => {
+                json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            }
+            Kind::Text => {
+                json!({"id": self.id, "object": "text_completion", "created": self.created,
+                "model": self.model, "choices": [{"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")),
+                "finish_reason": finish, "logprobs": null}]})
+            }
+        }
+    }
+
+    /// SSE events of one frame (and whether the stream is over).
+    fn events(&self, frame: TurnFrame, include_usage: bool) -> (Vec<Event>, bool) {
+        let data = |v: Value| Event::default().data(v.to_string());
+        match frame {
+            TurnFrame::Token(t) => (vec![data(self.chunk(json!({"content": t}), None))], false),
+            TurnFrame::Done(u) => {
+                let mut evs = vec![data(self.chunk(json!({}), Some(finish_name(&u, self.max))))];
+                if include_usage {
+                    let mut last = self.chunk(json!({}), None);
+                    last["choices"] = json!([]);
+                    last["usage"] = usage_json(&u);
+                    evs.push(data(last));
+                }
+                evs.push(Event::default().data("[DONE]"));
+                (evs, true)
+            }
+            TurnFrame::Error(e) => {
+                let err = json!({"error": {"message": e.message, "type": "server_error", "code": "engine_unavailable"}});
+                (vec![data(err), Event::default().data("[DONE]")], true)
+            }
+            TurnFrame::Cancelled(_) => (Vec::new(), true),
+            _ => (Vec::new(), false),
+        }
+    }
+}
+
+fn sse(running: Running, shape: Shape, include_usage: bool) -> Response {
+    let first = (shape.kind == Kind::Chat)
+        .then(|| shape.chunk(json!({"role": "assistant", "content": ""}), None));
+    let head =
+        stream::iter(first.map(|v| Ok::<_, Infallible>(Event::default().data(v.to_string()))));
+    let body = stream::unfold(Some((running, shape)), move |st| async move {
+        let (mut running, shape) = st?;
+        let frame = running.rx.recv().await?;
+        let (evs, end) = shape.events(frame, include_usage);
+        Some((evs, (!end).then_some((running, shape))))
+    })
+    .flat_map(|evs| stream::iter(evs.into_iter().map(Ok)));
+    let mut resp = Sse::new(head.chain(body)).into_response();
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
 }
 
+async fn collect(mut running: Running, shape: &Shape) -> Result<Value, ApiError> {
+    let mut text = String::new();
+    while let Some(frame) = running.rx.recv().await {
+        match frame {
+            TurnFrame::Token(t) => text.push_str(&t),
+            TurnFrame::Done(u) => {
+                let finish = finish_name(&u, shape.max);
+                let choice = match shape.kind {
+                    Kind::Chat => {
+                        json!({"index": 0, "message": {"role": "assistant", "content": text},
+                        "finish_reason": finish, "logprobs": null})
+                    }
+                    Kind::Text => {
+                        json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": null})
+                    }
+                };
+                let object = if shape.kind == Kind::Chat {
+                    "chat.completion"
+                } else {
+                    "text_completion"
+                };
+                return Ok(
+                    json!({"id": shape.id, "object": object, "created": shape.created, "model": shape.model,
+                    "choices": [choice], "usage": usage_json(&u)}),
+                );
+            }
+            TurnFrame::Error(e) => return Err(e.into()),
+            TurnFrame::Cancelled(_) => break,
+            _ => {}
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "the request ended early",
+    ))
+}
+
 async fn run(
     state: AppState,
+    peer: SocketAddr,
     headers: HeaderMap,
     body: Bytes,
     kind: Kind,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    ready(&state)?;
-    let permit = acquire_slot(&state).await?;
-    let body = parse_body(&body)?;
-    let req = parse_common(&state, &body)?;
-    let stream = match kind {
-        Kind::Chat => state
-            .core
-            .complete_chat(parse_messages(&body)?, req.params)?,
-        Kind::Text => {
-            let prompt = match body.get("prompt") {
-                Some(Value::String(p)) => p.clone(),
-                Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-                    a[0].as_str().unwrap_or_default().to_owned()
-                }
-                _ => return Err(ApiError::bad("`prompt` must be a string", Some("prompt"))),
-            };
-            state.core.complete_text(prompt, req.params)?
-        }
-    };
-    let id = format!(
-        "{}-{:016x}",
-        if kind == Kind::Chat {
-            "chatcmpl"
-        } else {
-            "cmpl"
-        },
-        rand_id()
-    );
-    if req.stream {
-        return Ok(sse_response(sse_stream(
-            permit,
-            stream,
-            kind,
-            id,
-            req.model,
-            req.include_usage,
-        )));
+    authorize(&state, peer, &headers)?;
+    if !state.core.engine().readiness().is_ready() || state.core.format().is_none() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the chat engine is not running",
+        ));
     }
-    let (text, usage, reason) = collect(stream).await?;
-    drop(permit);
-    let choice = match kind {
-        Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
-            "finish_reason": finish_name(reason), "logprobs": null}),
-        Kind::Text => {
-            json!({"index": 0, "text": text, "finish_reason": finish_name(reason), "logprobs": null})
-        }
-    };
-    let object = if kind == Kind::Chat {
-        "chat.completion"
+    let permit = acquire_slot(&state).await?;
+    let parsed: Body = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("invalid request body: {e}")))?;
+    let (input, stream, include_usage, model) = completion_input(&state, parsed, kind)?;
+    let (tx, rx) = mpsc::channel(state.config.max_queued_frames.max(16));
+    let max = input.max_tokens.or(Some(state.core.config().chat_max_out));
+    let turn = state.core.complete(input, Arc::new(tx));
+    let prefix = if kind == Kind::Chat {
+        "chatcmpl"
     } else {
-        "text_completion"
+        "cmpl"
     };
-    Ok(Json(
-        json!({"id": id, "object": object, "created": now_s(), "model": req.model,
-        "choices": [choice], "usage": usage_json(&usage)}),
-    )
-    .into_response())
-}
-
-fn rand_id() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    now_s().wrapping_mul(1_000_003) ^ NEXT.fetch_add(1, Ordering::Relaxed)
+    let shape = Shape {
+        kind,
+        id: format!(
+            "{prefix}-{:016x}",
+            turn.id() ^ now_s().wrapping_mul(1_000_003)
+        ),
+        model,
+        created: now_s(),
+        max,
+    };
+    let running = Running {
+        rx,
+        turn,
+        _permit: permit,
+    };
+    if stream {
+        return Ok(sse(running, shape, include_usage));
+    }
+    Ok(Json(collect(running, &shape).await?).into_response())
 }
 
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run(state, headers, body, Kind::Chat)
+    run(state, peer, headers, body, Kind::Chat)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub(crate) async fn completions(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run(state, headers, body, Kind::Text)
+    run(state, peer, headers, body, Kind::Text)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&state, &headers) {
+pub(crate) async fn models(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&state, peer, &headers) {
         return e.into_response();
     }
     let name = state.core.model_name();
-    Json(json!({"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "yap"}]}))
-        .into_response()
+    Json(json!({"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "yap"}]})).into_response()
 }
 
 pub(crate) async fn not_found() -> Response {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        kind: "invalid_request_error",
-        message: "no such endpoint".into(),
-        param: None,
-    }
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "no such endpoint",
+    )
     .into_response()
 }

@@ -86,7 +86,8 @@ async fn last(State(s): State<Arc<DoubleState>>) -> Response {
 }
 
 async fn models() -> Response {
-    Json(json!({"object": "list", "data": [{"id": "double-model", "object": "model"}]})).into_response()
+    Json(json!({"object": "list", "data": [{"id": "double-model", "object": "model"}]}))
+        .into_response()
 }
 
 async fn stats(State(s): State<Arc<DoubleState>>) -> Response {

@@ -1,11 +1,11 @@
 //! A fake tool classifier: "yes" when the utterance contains a trigger word, after a delay;
 //! records what it was asked.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use yap_core::tool::{ClassifyFuture, Classifier, ToolInput, ToolVerdict};
+use yap_core::tool::{Classifier, ClassifyFuture, ToolInput, ToolVerdict};
 
 /// The fake classifier.
 #[derive(Debug)]

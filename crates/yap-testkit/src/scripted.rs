@@ -67,12 +67,20 @@ impl ScriptedEngine {
 
     /// Every request so far.
     pub fn requests(&self) -> Vec<EngineRequest> {
-        self.s.requests.lock().map(|r| r.clone()).unwrap_or_default()
+        self.s
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Keys released so far.
     pub fn released(&self) -> Vec<String> {
-        self.s.released.lock().map(|r| r.clone()).unwrap_or_default()
+        self.s
+            .released
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Generations that saw their consumer cancel.
@@ -180,7 +188,10 @@ impl Tokenizer for CharTokenizer {
     }
 
     fn special_tokens(&self) -> Vec<(String, u32)> {
-        SPECIALS.iter().map(|(s, i)| ((*s).to_owned(), *i)).collect()
+        SPECIALS
+            .iter()
+            .map(|(s, i)| ((*s).to_owned(), *i))
+            .collect()
     }
 }
 

@@ -150,57 +150,14 @@ fn train_bpe(n_merges: usize) -> (Vec<String>, Vec<String>) {
     (vocab, merges)
 }
 
-/// Writes a tiny model to `path`.
-pub fn write_tiny_model(path: &Path, spec: TinyModelSpec) -> io::Result<()> {
-    let (mut tokens, merges) = train_bpe(spec.n_merges);
-    let n_normal = tokens.len();
-    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
-    tokens.extend(specials.iter().map(|s| s.to_string()));
-    let n_vocab = tokens.len();
-    let mut token_type = vec![1i32; n_normal];
-    token_type.extend([3, 3, 3]);
-    let bos = n_normal as u32;
-    let eos = n_normal as u32 + 2;
-
+/// The random weights of a tiny model.
+fn write_tensors(g: &mut GgufWriter, spec: &TinyModelSpec, n_vocab: usize, n_normal: usize) {
     let head_dim = spec.n_embd / spec.n_head;
     let n_embd_kv = head_dim * spec.n_head_kv;
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut random = |n: usize, scale: f32| -> Vec<f32> {
         (0..n).map(|_| rng.random_range(-scale..scale)).collect()
     };
-
-    let mut g = GgufWriter::new();
-    let u = |v: usize| MetaValue::U32(v as u32);
-    g.meta("general.architecture", MetaValue::Str("llama".into()))
-        .meta("general.name", MetaValue::Str("yap-tiny-test".into()))
-        .meta("general.file_type", MetaValue::U32(0))
-        .meta("llama.context_length", MetaValue::U32(spec.context_length))
-        .meta("llama.embedding_length", u(spec.n_embd))
-        .meta("llama.block_count", u(spec.n_layer))
-        .meta("llama.feed_forward_length", u(spec.n_ff))
-        .meta("llama.attention.head_count", u(spec.n_head))
-        .meta("llama.attention.head_count_kv", u(spec.n_head_kv))
-        .meta(
-            "llama.attention.layer_norm_rms_epsilon",
-            MetaValue::F32(1e-5),
-        )
-        .meta("llama.rope.dimension_count", u(head_dim))
-        .meta("llama.rope.freq_base", MetaValue::F32(10000.0))
-        .meta("llama.vocab_size", u(n_vocab))
-        .meta("tokenizer.ggml.model", MetaValue::Str("gpt2".into()))
-        .meta("tokenizer.ggml.pre", MetaValue::Str("gpt-2".into()))
-        .meta("tokenizer.ggml.tokens", MetaValue::StrArray(tokens))
-        .meta("tokenizer.ggml.token_type", MetaValue::I32Array(token_type))
-        .meta("tokenizer.ggml.merges", MetaValue::StrArray(merges))
-        .meta("tokenizer.ggml.bos_token_id", MetaValue::U32(bos))
-        .meta("tokenizer.ggml.eos_token_id", MetaValue::U32(eos))
-        .meta("tokenizer.ggml.padding_token_id", MetaValue::U32(bos))
-        .meta("tokenizer.ggml.add_bos_token", MetaValue::Bool(false))
-        .meta(
-            "tokenizer.chat_template",
-            MetaValue::Str(CHATML_TEMPLATE.into()),
-        );
-
     let e = spec.n_embd as u64;
     let t = |name: String, dims: Vec<u64>, data: Vec<f32>| Tensor { name, dims, data };
 
@@ -258,6 +215,54 @@ pub fn write_tiny_model(path: &Path, spec: TinyModelSpec) -> io::Result<()> {
         d[..spec.n_ff].fill(0.0);
         g.tensor(t(p("ffn_down"), vec![spec.n_ff as u64, e], d));
     }
+}
+
+/// Writes a tiny model to `path`.
+pub fn write_tiny_model(path: &Path, spec: TinyModelSpec) -> io::Result<()> {
+    let (mut tokens, merges) = train_bpe(spec.n_merges);
+    let n_normal = tokens.len();
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    tokens.extend(specials.iter().map(|s| s.to_string()));
+    let n_vocab = tokens.len();
+    let mut token_type = vec![1i32; n_normal];
+    token_type.extend([3, 3, 3]);
+    let bos = n_normal as u32;
+    let eos = n_normal as u32 + 2;
+
+    let head_dim = spec.n_embd / spec.n_head;
+    let mut g = GgufWriter::new();
+    let u = |v: usize| MetaValue::U32(v as u32);
+    g.meta("general.architecture", MetaValue::Str("llama".into()))
+        .meta("general.name", MetaValue::Str("yap-tiny-test".into()))
+        .meta("general.file_type", MetaValue::U32(0))
+        .meta("llama.context_length", MetaValue::U32(spec.context_length))
+        .meta("llama.embedding_length", u(spec.n_embd))
+        .meta("llama.block_count", u(spec.n_layer))
+        .meta("llama.feed_forward_length", u(spec.n_ff))
+        .meta("llama.attention.head_count", u(spec.n_head))
+        .meta("llama.attention.head_count_kv", u(spec.n_head_kv))
+        .meta(
+            "llama.attention.layer_norm_rms_epsilon",
+            MetaValue::F32(1e-5),
+        )
+        .meta("llama.rope.dimension_count", u(head_dim))
+        .meta("llama.rope.freq_base", MetaValue::F32(10000.0))
+        .meta("llama.vocab_size", u(n_vocab))
+        .meta("tokenizer.ggml.model", MetaValue::Str("gpt2".into()))
+        .meta("tokenizer.ggml.pre", MetaValue::Str("gpt-2".into()))
+        .meta("tokenizer.ggml.tokens", MetaValue::StrArray(tokens))
+        .meta("tokenizer.ggml.token_type", MetaValue::I32Array(token_type))
+        .meta("tokenizer.ggml.merges", MetaValue::StrArray(merges))
+        .meta("tokenizer.ggml.bos_token_id", MetaValue::U32(bos))
+        .meta("tokenizer.ggml.eos_token_id", MetaValue::U32(eos))
+        .meta("tokenizer.ggml.padding_token_id", MetaValue::U32(bos))
+        .meta("tokenizer.ggml.add_bos_token", MetaValue::Bool(false))
+        .meta(
+            "tokenizer.chat_template",
+            MetaValue::Str(CHATML_TEMPLATE.into()),
+        );
+
+    write_tensors(&mut g, &spec, n_vocab, n_normal);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -318,7 +323,9 @@ mod tests {
         let spec = TinyModelSpec::default();
         write_tiny_model(&dir.join("tiny.gguf"), spec).unwrap();
         write_tiny_hf_tokenizer(&dir.join("hf"), spec).unwrap();
-        let gguf = PromptFormat::new(yap_llama::vocab::load_model_text(&dir.join("tiny.gguf")).unwrap()).unwrap();
+        let gguf =
+            PromptFormat::new(yap_llama::vocab::load_model_text(&dir.join("tiny.gguf")).unwrap())
+                .unwrap();
         let hf = PromptFormat::new(yap_core::prompt::hf::load(&dir.join("hf")).unwrap()).unwrap();
         for text in [
             "Hello there, how are you today?",

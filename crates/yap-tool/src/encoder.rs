@@ -71,6 +71,29 @@ pub struct Encoder {
     roberta_pad: Option<u32>,
 }
 
+/// Longformer's per-layer attention windows (`None` for other architectures).
+fn attention_windows(cfg: &ModelConfig, n_layers: usize) -> Result<Option<Vec<usize>>, ToolError> {
+    if cfg.arch != Arch::Longformer {
+        return Ok(None);
+    }
+    let w: Vec<usize> = match cfg.raw.get("attention_window") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|w| w as usize)
+            .collect(),
+        Some(Value::Number(n)) => vec![n.as_u64().unwrap_or(512) as usize; n_layers],
+        _ => vec![512; n_layers],
+    };
+    if w.len() != n_layers {
+        return Err(ToolError::Config(format!(
+            "attention_window has {} entries for {n_layers} layers",
+            w.len()
+        )));
+    }
+    Ok(Some(w))
+}
+
 impl Encoder {
     /// Loads `bert.*` / `roberta.*` / `longformer.*` plus the head.
     pub fn load(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self, ToolError> {
@@ -97,24 +120,7 @@ impl Encoder {
         let act: Activation =
             serde_json::from_value(cfg.raw.get("hidden_act").cloned().unwrap_or(json!("gelu")))
                 .map_err(|e| ToolError::Config(format!("hidden_act: {e}")))?;
-        let windows: Option<Vec<usize>> =
-            (cfg.arch == Arch::Longformer).then(|| match cfg.raw.get("attention_window") {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(Value::as_u64)
-                    .map(|w| w as usize)
-                    .collect(),
-                Some(Value::Number(n)) => vec![n.as_u64().unwrap_or(512) as usize; n_layers],
-                _ => vec![512; n_layers],
-            });
-        if let Some(w) = &windows
-            && w.len() != n_layers
-        {
-            return Err(ToolError::Config(format!(
-                "attention_window has {} entries for {n_layers} layers",
-                w.len()
-            )));
-        }
+        let windows = attention_windows(cfg, n_layers)?;
         let base = vb.pp(prefix);
         let emb = base.pp("embeddings");
         let word = embedding(cfg.need("vocab_size")?, h, emb.pp("word_embeddings"))?;

@@ -5,6 +5,7 @@
 //! [`ToolModel`] adds the tokenizer, left truncation and the yes/no decision; a [`ToolService`]
 //! micro-batches concurrent turns on its own thread pool.
 
+pub mod args;
 pub mod assemble;
 pub mod classifier;
 pub mod config;
@@ -14,6 +15,7 @@ mod error;
 pub mod service;
 pub mod tool;
 
+pub use args::ToolArgs;
 pub use classifier::SequenceClassifier;
 pub use error::ToolError;
 pub use service::{ServiceConfig, ServiceStats, ToolService};

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end test binaries: a real server on an ephemeral port with a
 //! generated tiny model, and a WebSocket client.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::too_many_lines, missing_docs)]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -22,7 +23,7 @@ pub fn tiny_model() -> PathBuf {
     PATH.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("yap-e2e-{}", std::process::id()));
         let path = dir.join("tiny.gguf");
-        yap_engine::tiny::write_tiny_model(&path, yap_engine::tiny::TinyModelSpec::default())
+        yap_testkit::tiny::write_tiny_model(&path, yap_testkit::tiny::TinyModelSpec::default())
             .expect("write tiny model");
         path
     })

@@ -76,7 +76,11 @@ impl Budget {
     }
 
     /// Trims history in chunks to the history budget; returns messages dropped.
-    pub fn trim_history(&self, history: &mut Vec<ChatMessage>, count: impl Fn(&str) -> usize) -> usize {
+    pub fn trim_history(
+        &self,
+        history: &mut Vec<ChatMessage>,
+        count: impl Fn(&str) -> usize,
+    ) -> usize {
         history::trim(
             history,
             count,
@@ -125,7 +129,8 @@ impl Budget {
             // Drop the oldest messages that cover the overflow (at least one exchange), so one
             // more render usually fits. A message costs its text plus the template's share.
             let counts: Vec<usize> = history.iter().map(|m| format.count(&m.content)).collect();
-            let text: usize = counts.iter().sum::<usize>() + format.count(persona) + format.count(utterance);
+            let text: usize =
+                counts.iter().sum::<usize>() + format.count(persona) + format.count(utterance);
             let overhead = n.saturating_sub(text) / (history.len() + 2);
             let mut over = n - limit;
             let mut drop = 0;
@@ -183,7 +188,9 @@ mod tests {
             name: "x-instruct".into(),
             tokenizer: Arc::new(CharTok),
             template: TemplateSource {
-                source: Some("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}".into()),
+                source: Some(
+                    "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}".into(),
+                ),
                 ..TemplateSource::default()
             },
         })
@@ -204,7 +211,11 @@ mod tests {
     fn hist(n: usize) -> Vec<ChatMessage> {
         (0..n)
             .map(|i| {
-                let role = if i % 2 == 0 { Role::User } else { Role::Assistant };
+                let role = if i % 2 == 0 {
+                    Role::User
+                } else {
+                    Role::Assistant
+                };
                 ChatMessage::new(role, format!("message {i:02}"))
             })
             .collect()
@@ -218,7 +229,10 @@ mod tests {
         assert!(out.trimmed);
         assert!(out.prompt.ids.len() <= 90);
         assert_eq!(out.history.first().map(|m| m.role), Some(Role::User));
-        assert_eq!(out.history.last().map(|m| m.content.as_str()), Some("message 09"));
+        assert_eq!(
+            out.history.last().map(|m| m.content.as_str()),
+            Some("message 09")
+        );
         // Roomy budget: nothing dropped.
         let out = budget(10_000).fit(&f, "persona", hist(10), "hi").unwrap();
         assert!(!out.trimmed);
@@ -231,7 +245,10 @@ mod tests {
         let b = budget(30);
         assert!(matches!(
             b.fit(&f, &"p".repeat(21), Vec::new(), "hi"),
-            Err(BudgetError::PersonaTooLong { tokens: 21, limit: 20 })
+            Err(BudgetError::PersonaTooLong {
+                tokens: 21,
+                limit: 20
+            })
         ));
         assert!(matches!(
             b.fit(&f, "persona persona", Vec::new(), "hello there"),

@@ -26,7 +26,11 @@ impl std::fmt::Debug for HfTokenizer {
 
 impl Tokenizer for HfTokenizer {
     fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
-        let t = if parse_special { &self.special } else { &self.plain };
+        let t = if parse_special {
+            &self.special
+        } else {
+            &self.plain
+        };
         t.encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .unwrap_or_default()

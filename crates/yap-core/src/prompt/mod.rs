@@ -81,7 +81,10 @@ impl PromptFormat {
                 );
                 tracing::info!(model = %text.name, arch = %text.template.arch,
                     "model has no chat template; using a built-in one");
-                (t.to_owned(), stops.iter().map(|s| (*s).to_owned()).collect())
+                (
+                    t.to_owned(),
+                    stops.iter().map(|s| (*s).to_owned()).collect(),
+                )
             }
         };
         let template = ChatTemplate::new(&source, &text.template.bos, &text.template.eos)?;
@@ -92,7 +95,7 @@ impl PromptFormat {
             }
         }
         for list in specials.values_mut() {
-            list.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            list.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         }
         Ok(Self {
             name: text.name,
@@ -160,7 +163,11 @@ impl PromptFormat {
 
     /// Token ids of the rendered messages up to the first occurrence of `mark` (a unique text the
     /// caller put in the last message): the prefix the next prompt will start with.
-    pub fn encode_chat_prefix(&self, messages: &[ChatMessage], mark: &str) -> Result<Vec<u32>, PromptError> {
+    pub fn encode_chat_prefix(
+        &self,
+        messages: &[ChatMessage],
+        mark: &str,
+    ) -> Result<Vec<u32>, PromptError> {
         let marked: Vec<ChatMessage> = messages
             .iter()
             .map(|m| ChatMessage::new(m.role, format!("{OPEN}{}{CLOSE}", m.content)))
@@ -276,7 +283,8 @@ mod tests {
 
     /// One token per char, plus the ChatML specials.
     struct CharTok;
-    const SPECIALS: [(&str, u32); 3] = [("<|im_start|>", 1000), ("<|im_end|>", 1001), ("<s>", 1002)];
+    const SPECIALS: [(&str, u32); 3] =
+        [("<|im_start|>", 1000), ("<|im_end|>", 1001), ("<s>", 1002)];
 
     impl Tokenizer for CharTok {
         fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
@@ -304,7 +312,10 @@ mod tests {
             Some(1002)
         }
         fn special_tokens(&self) -> Vec<(String, u32)> {
-            SPECIALS.iter().map(|(s, i)| ((*s).to_owned(), *i)).collect()
+            SPECIALS
+                .iter()
+                .map(|(s, i)| ((*s).to_owned(), *i))
+                .collect()
         }
     }
 
@@ -337,13 +348,18 @@ mod tests {
         assert_eq!(specials, 5, "{:?}", p.text);
         assert!(p.text.contains(evil));
         // A raw prompt is the client's own: its specials are parsed.
-        assert_eq!(f.encode_raw("<|im_start|>x").ids, vec![1002, 1000, 'x' as u32]);
+        assert_eq!(
+            f.encode_raw("<|im_start|>x").ids,
+            vec![1002, 1000, 'x' as u32]
+        );
     }
 
     #[test]
     fn exactly_one_bos() {
         let f = chatml();
-        let p = f.encode_chat(&[ChatMessage::new(Role::User, "<s>hey")]).unwrap();
+        let p = f
+            .encode_chat(&[ChatMessage::new(Role::User, "<s>hey")])
+            .unwrap();
         assert_eq!(p.ids[0], 1002);
         assert_eq!(p.ids.iter().filter(|&&i| i == 1002).count(), 1);
         // A template that writes the BOS itself does not get a second one.
@@ -351,14 +367,18 @@ mod tests {
             name: "g".into(),
             tokenizer: Arc::new(CharTok),
             template: TemplateSource {
-                source: Some("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}".into()),
+                source: Some(
+                    "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}".into(),
+                ),
                 arch: "llama".into(),
                 bos: "<s>".into(),
                 eos: String::new(),
             },
         })
         .unwrap();
-        let p = g.encode_chat(&[ChatMessage::new(Role::User, "hey")]).unwrap();
+        let p = g
+            .encode_chat(&[ChatMessage::new(Role::User, "hey")])
+            .unwrap();
         assert_eq!(p.ids.iter().filter(|&&i| i == 1002).count(), 1);
         assert_eq!(p.text, "<s>hey");
     }
@@ -377,7 +397,9 @@ mod tests {
         })
         .unwrap();
         assert!(f.stops().iter().any(|s| s == "\nUser:"));
-        let p = f.encode_chat(&[ChatMessage::new(Role::User, "yo")]).unwrap();
+        let p = f
+            .encode_chat(&[ChatMessage::new(Role::User, "yo")])
+            .unwrap();
         assert!(p.text.ends_with("User: yo\nAssistant:"), "{}", p.text);
     }
 

@@ -38,7 +38,12 @@ fn ms(t0: Instant) -> f64 {
 }
 
 /// Classifies with the `TOOL_TIMEOUT_S` bound: a late decision is a "no" (counted).
-fn classify(core: &Arc<Core>, tool: SharedClassifier, input: ToolInput, t0: Instant) -> VerdictFuture {
+fn classify(
+    core: &Arc<Core>,
+    tool: SharedClassifier,
+    input: ToolInput,
+    t0: Instant,
+) -> VerdictFuture {
     let core = Arc::clone(core);
     Box::pin(async move {
         match tokio::time::timeout(core.config.tool_timeout, tool.classify(input)).await {
@@ -66,7 +71,10 @@ struct Prefixes {
 impl Prefixes {
     fn of(core: &Core, s: &Session) -> Self {
         Self {
-            check: s.check_screen_prefix.clone().unwrap_or_else(|| core.config.check_screen_prefix.clone()),
+            check: s
+                .check_screen_prefix
+                .clone()
+                .unwrap_or_else(|| core.config.check_screen_prefix.clone()),
             checked: s
                 .screen_checked_prefix
                 .clone()
@@ -163,7 +171,10 @@ impl Chat {
             }
             None => {
                 self.done = true;
-                out.fail(TurnError::new(TurnErrorKind::EngineUnavailable, "engine stopped during the turn"));
+                out.fail(TurnError::new(
+                    TurnErrorKind::EngineUnavailable,
+                    "engine stopped during the turn",
+                ));
             }
         }
     }
@@ -204,7 +215,14 @@ struct ChatResult {
 }
 
 /// Entry point of a session turn.
-pub(crate) async fn run(core: Arc<Core>, cell: Arc<SessionCell>, input: TurnInput, sink: Arc<dyn FrameSink>, ctl: TurnControl, t0: Instant) {
+pub(crate) async fn run(
+    core: Arc<Core>,
+    cell: Arc<SessionCell>,
+    input: TurnInput,
+    sink: Arc<dyn FrameSink>,
+    ctl: TurnControl,
+    t0: Instant,
+) {
     core.counters.running.fetch_add(1, Ordering::Relaxed);
     let mode = core.config.deploy_mode;
     let mut out: Out = Output::new(sink, mode.has_tool(), input.final_frame, t0);
@@ -222,7 +240,14 @@ pub(crate) async fn run(core: Arc<Core>, cell: Arc<SessionCell>, input: TurnInpu
     let _ = ctl.finished.send(Some(outcome));
 }
 
-async fn drive(core: &Arc<Core>, cell: &Arc<SessionCell>, input: TurnInput, out: &mut Out, ctl: &TurnControl, t0: Instant) -> ChatResult {
+async fn drive(
+    core: &Arc<Core>,
+    cell: &Arc<SessionCell>,
+    input: TurnInput,
+    out: &mut Out,
+    ctl: &TurnControl,
+    t0: Instant,
+) -> ChatResult {
     if ctl.cancel.is_cancelled() {
         out.cancel(ctl.reason());
         return ChatResult::default();
@@ -239,7 +264,15 @@ async fn drive(core: &Arc<Core>, cell: &Arc<SessionCell>, input: TurnInput, out:
     let utterance = input.utterance.trim().to_owned();
     let verdict = core.tool.clone().map(|tool| {
         let history = session.user_utterances(&[&prefixes.check, &prefixes.checked]);
-        classify(core, tool, ToolInput { history, utterance: utterance.clone() }, t0)
+        classify(
+            core,
+            tool,
+            ToolInput {
+                history,
+                utterance: utterance.clone(),
+            },
+            t0,
+        )
     });
     if core.config.deploy_mode == DeployMode::Tool {
         return tool_turn(verdict, utterance, out, ctl).await;
@@ -259,7 +292,12 @@ async fn drive(core: &Arc<Core>, cell: &Arc<SessionCell>, input: TurnInput, out:
 }
 
 /// `DEPLOY_MODE=tool`: the decision, then done.
-async fn tool_turn(verdict: Option<VerdictFuture>, utterance: String, out: &mut Out, ctl: &TurnControl) -> ChatResult {
+async fn tool_turn(
+    verdict: Option<VerdictFuture>,
+    utterance: String,
+    out: &mut Out,
+    ctl: &TurnControl,
+) -> ChatResult {
     let Some(verdict) = verdict else {
         out.fail_now(TurnError::new(TurnErrorKind::Internal, "no tool model"));
         return ChatResult::default();
@@ -287,17 +325,31 @@ async fn tool_turn(verdict: Option<VerdictFuture>, utterance: String, out: &mut 
 }
 
 /// Builds the prompt (on the blocking pool) and starts the engine.
-async fn start_chat(core: &Arc<Core>, ctx: &ChatCtx, yes: bool) -> Result<(Chat, String, Option<Vec<ChatMessage>>), TurnError> {
+async fn start_chat(
+    core: &Arc<Core>,
+    ctx: &ChatCtx,
+    yes: bool,
+) -> Result<(Chat, String, Option<Vec<ChatMessage>>), TurnError> {
     let Some(format) = core.format.clone() else {
         return Err(TurnError::new(TurnErrorKind::Internal, "no chat model"));
     };
     let budget = core.budget();
-    let (persona, history, raw) = (ctx.persona.clone(), ctx.history.clone(), ctx.utterance.clone());
-    let (check, checked, pending) = (ctx.prefixes.check.clone(), ctx.prefixes.checked.clone(), ctx.pending);
+    let (persona, history, raw) = (
+        ctx.persona.clone(),
+        ctx.history.clone(),
+        ctx.utterance.clone(),
+    );
+    let (check, checked, pending) = (
+        ctx.prefixes.check.clone(),
+        ctx.prefixes.checked.clone(),
+        ctx.pending,
+    );
     let built = tokio::task::spawn_blocking(move || {
         let cut = budget.cut_utterance(&format, &raw);
         let user = Prefixes { check, checked }.apply(&cut, yes, pending);
-        budget.fit(&format, &persona, history, &user).map(|f| (f, user))
+        budget
+            .fit(&format, &persona, history, &user)
+            .map(|f| (f, user))
     })
     .await
     .map_err(|e| TurnError::new(TurnErrorKind::Internal, format!("prompt task: {e}")))?;
@@ -310,9 +362,17 @@ async fn start_chat(core: &Arc<Core>, ctx: &ChatCtx, yes: bool) -> Result<(Chat,
         sampling: ctx.sampling.clone(),
         max_new_tokens: core.config.chat_max_out,
     })?;
-    let stops = core.format.as_ref().map(|f| f.stops().to_vec()).unwrap_or_default();
+    let stops = core
+        .format
+        .as_ref()
+        .map(|f| f.stops().to_vec())
+        .unwrap_or_default();
     let kept = fitted.trimmed.then_some(fitted.history);
-    Ok((Chat::new(stream, TextPipe::new(stops, ctx.sanitize), prompt_tokens), user_text, kept))
+    Ok((
+        Chat::new(stream, TextPipe::new(stops, ctx.sanitize), prompt_tokens),
+        user_text,
+        kept,
+    ))
 }
 
 /// Waits for the verdict unless the turn is cancelled first.
@@ -332,13 +392,24 @@ fn decision_of(v: Verdict, t0_ms: f64) -> ToolDecision {
     }
 }
 
-async fn chat_turn(core: &Arc<Core>, ctx: &ChatCtx, mut verdict: Option<VerdictFuture>, out: &mut Out, ctl: &TurnControl) -> ChatResult {
+async fn chat_turn(
+    core: &Arc<Core>,
+    ctx: &ChatCtx,
+    mut verdict: Option<VerdictFuture>,
+    out: &mut Out,
+    ctl: &TurnControl,
+) -> ChatResult {
     let mut result = ChatResult::default();
-    if !core.config.tool_overlap && let Some(v) = verdict.take() {
+    if !core.config.tool_overlap
+        && let Some(v) = verdict.take()
+    {
         // Classify first, then start the chat with the decision known.
         let Some(v) = await_verdict(v, ctl).await else {
             out.cancel(ctl.reason());
-            return ChatResult { user_text: Some(ctx.utterance.clone()), ..result };
+            return ChatResult {
+                user_text: Some(ctx.utterance.clone()),
+                ..result
+            };
         };
         let d = decision_of(v, 0.0);
         result.decided_yes = Some(d.yes);
@@ -399,7 +470,14 @@ async fn chat_turn(core: &Arc<Core>, ctx: &ChatCtx, mut verdict: Option<VerdictF
 }
 
 /// Writes what the turn leaves in its session: history (once), the pending-screenshot flag.
-fn record(core: &Core, cell: &Arc<SessionCell>, mode: DeployMode, result: ChatResult, out: &Out, outcome: TurnOutcome) {
+fn record(
+    core: &Core,
+    cell: &Arc<SessionCell>,
+    mode: DeployMode,
+    result: ChatResult,
+    out: &Out,
+    outcome: TurnOutcome,
+) {
     let mut s = cell.lock();
     let recorded = outcome != TurnOutcome::Failed;
     if recorded {
@@ -426,7 +504,14 @@ fn record(core: &Core, cell: &Arc<SessionCell>, mode: DeployMode, result: ChatRe
 }
 
 /// Entry point of a one-off completion.
-pub(crate) async fn run_completion(core: Arc<Core>, id: u64, input: CompletionInput, sink: Arc<dyn FrameSink>, ctl: TurnControl, t0: Instant) {
+pub(crate) async fn run_completion(
+    core: Arc<Core>,
+    id: u64,
+    input: CompletionInput,
+    sink: Arc<dyn FrameSink>,
+    ctl: TurnControl,
+    t0: Instant,
+) {
     core.counters.running.fetch_add(1, Ordering::Relaxed);
     let mut out: Out = Output::new(sink, false, false, t0);
     match start_completion(&core, id, input).await {
@@ -452,16 +537,33 @@ pub(crate) async fn run_completion(core: Arc<Core>, id: u64, input: CompletionIn
     let _ = ctl.finished.send(Some(outcome));
 }
 
-async fn start_completion(core: &Arc<Core>, id: u64, input: CompletionInput) -> Result<Chat, TurnError> {
+async fn start_completion(
+    core: &Arc<Core>,
+    id: u64,
+    input: CompletionInput,
+) -> Result<Chat, TurnError> {
     let invalid = |m: String| TurnError::new(TurnErrorKind::InvalidRequest, m);
     let Some(format) = core.format.clone() else {
-        return Err(TurnError::new(TurnErrorKind::EngineUnavailable, "no chat model in this deployment"));
+        return Err(TurnError::new(
+            TurnErrorKind::EngineUnavailable,
+            "no chat model in this deployment",
+        ));
     };
-    let (messages, raw) = (input.messages.clone(), input.raw_prompt.clone());
-    let prompt = tokio::task::spawn_blocking(move || match (messages, raw) {
-        (Some(m), _) => format.encode_chat(&crate::prompt::normalize(m)).map_err(|e| e.to_string()),
-        (None, Some(r)) => Ok(format.encode_raw(&r)),
-        (None, None) => Err("a prompt or messages are required".to_owned()),
+    let (messages, raw, ids) = (
+        input.messages.clone(),
+        input.raw_prompt.clone(),
+        input.prompt_ids.clone(),
+    );
+    let prompt = tokio::task::spawn_blocking(move || match (messages, raw, ids) {
+        (Some(m), _, _) => format
+            .encode_chat(&crate::prompt::normalize(m))
+            .map_err(|e| e.to_string()),
+        (None, Some(r), _) => Ok(format.encode_raw(&r)),
+        (None, None, Some(ids)) => Ok(crate::prompt::Prompt {
+            text: format.decode(&ids),
+            ids,
+        }),
+        (None, None, None) => Err("a prompt or messages are required".to_owned()),
     })
     .await
     .map_err(|e| TurnError::new(TurnErrorKind::Internal, e.to_string()))?
@@ -483,6 +585,11 @@ async fn start_completion(core: &Arc<Core>, id: u64, input: CompletionInput) -> 
         max_new_tokens: max_new as u32,
     })?;
     let mut stops = input.stop;
-    stops.extend(core.format.as_ref().map(|f| f.stops().to_vec()).unwrap_or_default());
+    stops.extend(
+        core.format
+            .as_ref()
+            .map(|f| f.stops().to_vec())
+            .unwrap_or_default(),
+    );
     Ok(Chat::new(stream, TextPipe::new(stops, None), n))
 }

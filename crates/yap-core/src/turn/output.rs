@@ -69,7 +69,11 @@ impl<S: FrameSink + ?Sized> Output<S> {
     pub fn new(sink: std::sync::Arc<S>, hold: bool, final_frame: bool, t0: Instant) -> Self {
         Self {
             sink,
-            phase: if hold { Phase::Holding } else { Phase::Streaming },
+            phase: if hold {
+                Phase::Holding
+            } else {
+                Phase::Streaming
+            },
             held: Vec::new(),
             reply: String::new(),
             final_frame,

@@ -152,7 +152,9 @@ fn request_id(text: &str) -> Result<Option<RequestId>, ParseError> {
         request_id: Option<&'a serde_json::value::RawValue>,
     }
     match serde_json::from_str::<Raw<'_>>(text) {
-        Ok(Raw { request_id: Some(raw) }) => RequestId::from_raw(raw).map_err(ParseError::invalid),
+        Ok(Raw {
+            request_id: Some(raw),
+        }) => RequestId::from_raw(raw).map_err(ParseError::invalid),
         _ => Ok(None),
     }
 }
@@ -316,7 +318,11 @@ mod tests {
             }
         );
         assert_eq!(
-            serde_json::to_string(&match parse_client_message(r#"{"type":"cancel","request_id":18446744073709551617}"#).unwrap() {
+            serde_json::to_string(&match parse_client_message(
+                r#"{"type":"cancel","request_id":18446744073709551617}"#
+            )
+            .unwrap()
+            {
                 ClientMessage::Cancel { request_id } => request_id,
                 _ => None,
             })
