@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use yap_core::{CancelReason, TurnHandle};
-use yap_protocol::{Capacity, ErrorCode, ServerFrame, close_code};
+use yap_protocol::{Capacity, Dialect, ErrorCode, ServerFrame, close_code, dialect_of};
 
 use self::conn::{WsIn, WsInError};
 use self::outbox::WsOut;
@@ -88,8 +88,24 @@ pub(crate) async fn handler(
         })
 }
 
+/// Sends one error frame and closes. The frame takes the dialect of the client's first
+/// message, if one arrives within a moment (clients speak first in both dialects).
 async fn refuse(mut socket: WebSocket, frame: ServerFrame, code: u16) {
-    let _ = socket.send(Message::Text(frame.to_json().into())).await;
+    let first = tokio::time::timeout(Duration::from_millis(500), socket.recv()).await;
+    let v1 =
+        matches!(&first, Ok(Some(Ok(Message::Text(t)))) if dialect_of(t.as_str()) == Dialect::V1);
+    let json = match (&frame, v1) {
+        (
+            ServerFrame::Error {
+                error_code,
+                message,
+                ..
+            },
+            true,
+        ) => v1::error_json(*error_code, message),
+        _ => frame.to_json(),
+    };
+    let _ = socket.send(Message::Text(json.into())).await;
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
             code,
