@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use yap_core::prompt::PromptFormat;
 use yap_core::tool::SharedClassifier;
 use yap_core::{Core, CoreConfig};
-use yap_engine_api::{ModelText, NoChatEngine, SharedEngine};
+use yap_engine_api::{DeferredEngine, ModelText, NoChatEngine, Readiness, SharedEngine};
 use yap_llama::{EmbeddedArgs, LlamaEngine};
 use yap_remote::RemoteEngine;
 use yap_remote::args::{LaunchArgs, RemoteArgs};
@@ -170,87 +170,87 @@ fn model_text(path: &std::path::Path) -> Result<ModelText> {
 }
 
 /// Builds the chat engine (and its prompt format) the deployment needs.
-async fn start_engine(
-    args: &mut ServeArgs,
-    model_path: PathBuf,
-) -> Result<(SharedEngine, Option<PromptFormat>, Option<Arc<Supervisor>>)> {
+async fn start_engine(args: &ServeArgs, model_path: PathBuf) -> Result<(SharedEngine, PromptFormat, Option<Arc<Supervisor>>)> {
     let e = &args.engine;
     if e.kind == EngineKind::Embedded {
         let cfg = e.embedded.config(model_path, args.core.chat_max_len as u32);
-        let engine = tokio::task::spawn_blocking(move || LlamaEngine::start(cfg))
-            .await
-            .context("engine start task")??;
+        let engine = tokio::task::spawn_blocking(move || LlamaEngine::start(cfg)).await.context("engine start task")??;
         let format = PromptFormat::new(engine.model_text())?;
-        return Ok((Arc::new(engine), Some(format), None));
+        return Ok((Arc::new(engine), format, None));
     }
     let mut supervisor = None;
     let mut remote_args = e.remote.clone();
     if matches!(e.kind, EngineKind::Vllm | EngineKind::Trt) && remote_args.engine_url.is_empty() {
         let sup = launch_engine(args).await?;
-        remote_args.engine_url = vec![format!(
-            "http://127.0.0.1:{}",
-            args.engine.launch.engine_port
-        )];
+        remote_args.engine_url = vec![format!("http://127.0.0.1:{}", args.engine.launch.engine_port)];
         if remote_args.engine_model_name.is_none() {
-            remote_args
-                .engine_model_name
-                .clone_from(&args.engine.launch.engine_model);
+            remote_args.engine_model_name.clone_from(&args.engine.launch.engine_model);
         }
         supervisor = Some(Arc::new(sup));
     }
     if remote_args.engine_url.is_empty() {
-        bail!(
-            "--engine {} needs --engine-url (ENGINE_URLS)",
-            args.engine.kind.name()
-        );
+        bail!("--engine {} needs --engine-url (ENGINE_URLS)", args.engine.kind.name());
     }
     let format = PromptFormat::new(model_text(&model_path)?)?;
     let config = remote_args.config(args.engine.kind.flavor(), args.core.chat_max_len);
     let engine = RemoteEngine::start(config).await?;
-    Ok((Arc::new(engine), Some(format), supervisor))
+    Ok((Arc::new(engine), format, supervisor))
 }
 
-/// Starts the server (and any launched engine); returns once it listens.
-pub async fn start(mut args: ServeArgs) -> Result<Running> {
+/// Loads what the deploy mode needs into a core that is already serving (503 meanwhile).
+async fn load(args: &ServeArgs, core: &Arc<Core>, deferred: &DeferredEngine) -> Result<Option<Arc<Supervisor>>> {
+    let mode = args.core.deploy_mode;
+    let mut supervisor = None;
+    if mode.has_chat() {
+        let model_path = match &args.engine.model {
+            Some(p) => p.clone(),
+            None => {
+                deferred.report(Readiness::Loading("fetching the default chat model".into()));
+                tokio::task::spawn_blocking(model_fetch::ensure_default_model).await.context("model fetch task")??
+            }
+        };
+        deferred.report(Readiness::Loading(format!("loading {}", model_path.display())));
+        let (engine, format, sup) = start_engine(args, model_path).await?;
+        core.set_format(format);
+        deferred.set(engine);
+        supervisor = sup;
+    }
+    if mode.has_tool() {
+        core.set_tool(start_tool(&args.tool).await?);
+    }
+    Ok(supervisor)
+}
+
+/// Starts the server: listens at once (`/healthz` answers 503 `loading` meanwhile), loads the
+/// engine and models, and returns once everything is ready — or the loading error, after
+/// closing the listener.
+pub async fn start(args: ServeArgs) -> Result<Running> {
     if args.server.api_key.as_deref().is_none_or(str::is_empty) {
         bail!("TEXT_API_KEY is required (set the env var or pass --api-key)");
     }
     if args.server.max_connections.is_none_or(|n| n == 0) {
         bail!("MAX_CONCURRENT_CONNECTIONS is required (a positive number)");
     }
-    let mode = args.core.deploy_mode;
-    let (engine, format, supervisor) = if mode.has_chat() {
-        let model_path = match &args.engine.model {
-            Some(p) => p.clone(),
-            None => tokio::task::spawn_blocking(model_fetch::ensure_default_model)
-                .await
-                .context("model fetch task")??,
-        };
-        start_engine(&mut args, model_path).await?
-    } else {
-        (Arc::new(NoChatEngine) as SharedEngine, None, None)
-    };
-    let tool = if mode.has_tool() {
-        Some(start_tool(&args.tool).await?)
-    } else {
-        None
-    };
-    let core = Core::new(Arc::clone(&engine), format, tool, args.core.clone())?;
     let listener = TcpListener::bind((args.server.host.as_str(), args.server.port))
         .await
         .with_context(|| format!("binding {}:{}", args.server.host, args.server.port))?;
     let addr = listener.local_addr()?;
+    let deferred = Arc::new(DeferredEngine::new("starting"));
+    let engine: SharedEngine = if args.core.deploy_mode.has_chat() { deferred.clone() } else { Arc::new(NoChatEngine) };
+    let core = Core::new(Arc::clone(&engine), None, None, args.core.clone());
     let shutdown = CancellationToken::new();
     let state = AppState::new(Arc::clone(&core), args.server.clone());
     let task = tokio::spawn(yap_server::serve(listener, state, shutdown.clone()));
-    Ok(Running {
-        addr,
-        task,
-        engine,
-        core,
-        supervisor,
-        shutdown,
-    })
+    tracing::info!(%addr, "listening; loading models");
+    match load(&args, &core, &deferred).await {
+        Ok(supervisor) => Ok(Running { addr, task, engine, core, supervisor, shutdown }),
+        Err(e) => {
+            deferred.report(Readiness::Down(format!("{e:#}")));
+            shutdown.cancel();
+            let _ = task.await;
+            Err(e)
+        }
+    }
 }
 
 static LOG: std::sync::OnceLock<Arc<yap_remote::supervise::RotatingLog>> =

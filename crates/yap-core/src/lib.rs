@@ -18,8 +18,8 @@ pub mod session;
 pub mod tool;
 pub mod turn;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 pub use config::{CoreConfig, DeployMode};
@@ -31,19 +31,8 @@ pub use turn::{
     AckInfo, CancelReason, FrameSink, SharedSink, TurnError, TurnErrorKind, TurnFrame, TurnHandle,
     TurnOutcome,
 };
-use yap_engine_api::{SamplingParams, SharedEngine};
+use yap_engine_api::{Readiness, SamplingParams, SharedEngine};
 use yap_protocol::{Gender, Sampling, UserIdentity};
-
-/// Why a core cannot be built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CoreError {
-    /// A chat deployment needs a prompt format.
-    #[error("DEPLOY_MODE={0} needs the chat model's tokenizer and template")]
-    NoPromptFormat(&'static str),
-    /// A tool deployment needs a classifier.
-    #[error("DEPLOY_MODE={0} needs the tool model")]
-    NoClassifier(&'static str),
-}
 
 /// Changes to a session a turn (or a `start` / `chat_prompt` message) brings.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -116,10 +105,9 @@ pub struct CoreCounters {
 /// The orchestrator shared by all connections.
 pub struct Core {
     engine: SharedEngine,
-    format: Option<Arc<PromptFormat>>,
-    tool: Option<SharedClassifier>,
+    format: OnceLock<Arc<PromptFormat>>,
+    tool: OnceLock<SharedClassifier>,
     config: CoreConfig,
-    threshold: f32,
     sessions: SessionStore,
     next_id: AtomicU64,
     counters: CoreCounters,
@@ -135,39 +123,62 @@ impl std::fmt::Debug for Core {
 
 impl Core {
     /// A core over a chat engine (with its prompt format) and a tool classifier, as the deploy
-    /// mode needs them.
+    /// mode needs them. Either may also be given later ([`Core::set_format`],
+    /// [`Core::set_tool`]) while the models load; until then the core is not ready.
     pub fn new(
         engine: SharedEngine,
         format: Option<PromptFormat>,
         tool: Option<SharedClassifier>,
         config: CoreConfig,
-    ) -> Result<Arc<Self>, CoreError> {
-        let mode = config.deploy_mode;
-        if mode.has_chat() && format.is_none() {
-            return Err(CoreError::NoPromptFormat(mode.as_str()));
-        }
-        if mode.has_tool() && tool.is_none() {
-            return Err(CoreError::NoClassifier(mode.as_str()));
-        }
-        let threshold = config
-            .tool_threshold
-            .or_else(|| tool.as_ref().and_then(|t| t.tuned_threshold()))
-            .unwrap_or(config::defaults::TOOL_THRESHOLD);
+    ) -> Arc<Self> {
         let sessions = SessionStore::new(
             config.session_cache_mb.saturating_mul(1024 * 1024),
             config.session_idle_timeout,
             Arc::clone(&engine),
         );
-        Ok(Arc::new(Self {
+        let core = Arc::new(Self {
             engine,
-            format: format.map(Arc::new),
-            tool: if mode.has_tool() { tool } else { None },
+            format: OnceLock::new(),
+            tool: OnceLock::new(),
             config,
-            threshold,
             sessions,
             next_id: AtomicU64::new(1),
             counters: CoreCounters::default(),
-        }))
+        });
+        if let Some(f) = format {
+            core.set_format(f);
+        }
+        if let Some(t) = tool {
+            core.set_tool(t);
+        }
+        core
+    }
+
+    /// The chat model's prompt format, once loaded.
+    pub fn set_format(&self, format: PromptFormat) {
+        let _ = self.format.set(Arc::new(format));
+    }
+
+    /// The tool classifier, once loaded (ignored in `DEPLOY_MODE=chat`).
+    pub fn set_tool(&self, tool: SharedClassifier) {
+        if self.config.deploy_mode.has_tool() {
+            let _ = self.tool.set(tool);
+        }
+    }
+
+    /// Whether every model the deploy mode needs is loaded and the engine serves.
+    pub fn readiness(&self) -> Readiness {
+        let mode = self.config.deploy_mode;
+        if mode.has_tool() && self.tool.get().is_none() {
+            return Readiness::Loading("loading the tool model".into());
+        }
+        if !mode.has_chat() {
+            return Readiness::Ready;
+        }
+        match self.engine.readiness() {
+            Readiness::Ready if self.format.get().is_none() => Readiness::Loading("loading the chat model".into()),
+            r => r,
+        }
     }
 
     /// The chat engine.
@@ -175,14 +186,14 @@ impl Core {
         &self.engine
     }
 
-    /// The tool classifier, when deployed.
+    /// The tool classifier, when deployed and loaded.
     pub fn tool(&self) -> Option<&SharedClassifier> {
-        self.tool.as_ref()
+        self.tool.get()
     }
 
-    /// The chat model's prompt format, when deployed.
+    /// The chat model's prompt format, when deployed and loaded.
     pub fn format(&self) -> Option<&Arc<PromptFormat>> {
-        self.format.as_ref()
+        self.format.get()
     }
 
     /// The configuration.
@@ -190,9 +201,13 @@ impl Core {
         &self.config
     }
 
-    /// The tool decision threshold in effect.
+    /// The tool decision threshold in effect: `TOOL_THRESHOLD`, else the tool model's tuned one,
+    /// else 0.5.
     pub fn threshold(&self) -> f32 {
-        self.threshold
+        self.config
+            .tool_threshold
+            .or_else(|| self.tool.get().and_then(|t| t.tuned_threshold()))
+            .unwrap_or(config::defaults::TOOL_THRESHOLD)
     }
 
     /// The session store (protocol v0 sessions by id).
@@ -221,7 +236,7 @@ impl Core {
 
     /// Token count of text with the chat tokenizer; without one (tool-only), ~4 bytes a token.
     pub fn count_tokens(&self, text: &str) -> usize {
-        match &self.format {
+        match self.format.get() {
             Some(f) => f.count(text),
             None => text.len().div_ceil(4),
         }
@@ -233,7 +248,7 @@ impl Core {
         cell: &SessionCell,
         update: &SessionUpdate,
     ) -> Result<(), TurnError> {
-        if let (Some(p), Some(f)) = (&update.persona_text, &self.format) {
+        if let (Some(p), Some(f)) = (&update.persona_text, self.format.get()) {
             self.budget().check_persona(f, p)?;
         }
         let mut s = cell.lock();
@@ -336,7 +351,7 @@ impl Core {
     /// Prefills a session's persona (and history) into the engine's cache, generating nothing.
     pub async fn warm(&self, cell: &SessionCell, update: &SessionUpdate) -> Result<u32, TurnError> {
         self.update_session(cell, update)?;
-        let Some(format) = self.format.clone() else {
+        let Some(format) = self.format.get().cloned() else {
             return Ok(0);
         };
         let s = cell.snapshot();

@@ -73,7 +73,6 @@ fn core(
         tool.map(|t| t as SharedClassifier),
         config,
     )
-    .unwrap()
 }
 
 fn reply(pieces: &[&str], ms: u64) -> ScriptedEngine {

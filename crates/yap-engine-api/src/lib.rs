@@ -10,11 +10,13 @@
 //! - Engines never see sockets, sessions or protocol frames.
 
 pub mod config;
+mod deferred;
 mod stream;
 mod tokenizer;
 
 use std::sync::Arc;
 
+pub use deferred::DeferredEngine;
 pub use stream::{GenerationStream, StreamSender};
 pub use tokenizer::{ModelText, TemplateSource, Tokenizer};
 

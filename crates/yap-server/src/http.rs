@@ -16,11 +16,7 @@ pub(crate) fn health(state: &AppState) -> (StatusCode, Value) {
     let engine = core.engine();
     let info = engine.info();
     let stats = engine.stats();
-    let readiness = if core.config().deploy_mode.has_chat() {
-        engine.readiness()
-    } else {
-        Readiness::Ready
-    };
+    let readiness = core.readiness();
     let (status, reason) = match &readiness {
         Readiness::Ready => ("ok", None),
         Readiness::Loading(r) => ("loading", Some(r.clone())),

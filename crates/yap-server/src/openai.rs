@@ -497,7 +497,7 @@ async fn run(
     kind: Kind,
 ) -> Result<Response, ApiError> {
     authorize(&state, peer, &headers)?;
-    if !state.core.engine().readiness().is_ready() || state.core.format().is_none() {
+    if !state.core.readiness().is_ready() || state.core.format().is_none() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",

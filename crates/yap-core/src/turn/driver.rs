@@ -47,7 +47,7 @@ fn classify(
     let core = Arc::clone(core);
     Box::pin(async move {
         match tokio::time::timeout(core.config.tool_timeout, tool.classify(input)).await {
-            Ok(Ok(v)) => Verdict::Decided(ToolDecision::from_verdict(&v, core.threshold, ms(t0))),
+            Ok(Ok(v)) => Verdict::Decided(ToolDecision::from_verdict(&v, core.threshold(), ms(t0))),
             Ok(Err(e)) => {
                 core.counters.tool_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, "tool classification failed");
@@ -262,7 +262,11 @@ async fn drive(
     }
     let prefixes = Prefixes::of(core, &session);
     let utterance = input.utterance.trim().to_owned();
-    let verdict = core.tool.clone().map(|tool| {
+    if core.config.deploy_mode.has_tool() && core.tool().is_none() {
+        out.fail_now(TurnError::new(TurnErrorKind::EngineUnavailable, "the tool model is still loading"));
+        return ChatResult::default();
+    }
+    let verdict = core.tool().cloned().map(|tool| {
         let history = session.user_utterances(&[&prefixes.check, &prefixes.checked]);
         classify(
             core,
@@ -330,8 +334,8 @@ async fn start_chat(
     ctx: &ChatCtx,
     yes: bool,
 ) -> Result<(Chat, String, Option<Vec<ChatMessage>>), TurnError> {
-    let Some(format) = core.format.clone() else {
-        return Err(TurnError::new(TurnErrorKind::Internal, "no chat model"));
+    let Some(format) = core.format().cloned() else {
+        return Err(TurnError::new(TurnErrorKind::EngineUnavailable, "the chat model is still loading"));
     };
     let budget = core.budget();
     let (persona, history, raw) = (
@@ -543,11 +547,8 @@ async fn start_completion(
     input: CompletionInput,
 ) -> Result<Chat, TurnError> {
     let invalid = |m: String| TurnError::new(TurnErrorKind::InvalidRequest, m);
-    let Some(format) = core.format.clone() else {
-        return Err(TurnError::new(
-            TurnErrorKind::EngineUnavailable,
-            "no chat model in this deployment",
-        ));
+    let Some(format) = core.format().cloned() else {
+        return Err(TurnError::new(TurnErrorKind::EngineUnavailable, "no chat model is loaded"));
     };
     let (messages, raw, ids) = (
         input.messages.clone(),
@@ -585,11 +586,6 @@ async fn start_completion(
         max_new_tokens: max_new as u32,
     })?;
     let mut stops = input.stop;
-    stops.extend(
-        core.format
-            .as_ref()
-            .map(|f| f.stops().to_vec())
-            .unwrap_or_default(),
-    );
+    stops.extend(core.format().map(|f| f.stops().to_vec()).unwrap_or_default());
     Ok(Chat::new(stream, TextPipe::new(stops, None), n))
 }

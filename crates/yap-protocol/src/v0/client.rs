@@ -59,6 +59,12 @@ pub struct StartRequest {
     /// Echoed on this turn's terminal frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,
+    /// The session's `CHECK_SCREEN_PREFIX` from now on (≤ 30 chars).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_screen_prefix: Option<String>,
+    /// The session's `SCREEN_CHECKED_PREFIX` from now on (≤ 30 chars).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen_checked_prefix: Option<String>,
 }
 
 /// Every message a client may send.
@@ -276,7 +282,14 @@ fn parse_start(obj: &Map<String, Value>) -> Result<StartRequest, ParseError> {
             "`persona_style` is longer than 20 characters",
         ));
     }
+    for key in ["check_screen_prefix", "screen_checked_prefix"] {
+        if opt_string(obj, key)?.is_some_and(|p| p.chars().count() > 30) {
+            return Err(ParseError::invalid(format!("`{key}` is longer than 30 characters")));
+        }
+    }
     Ok(StartRequest {
+        check_screen_prefix: opt_string(obj, "check_screen_prefix")?,
+        screen_checked_prefix: opt_string(obj, "screen_checked_prefix")?,
         session_id,
         user_utterance,
         persona_text: opt_string(obj, "persona_text")?,

@@ -231,6 +231,8 @@ impl V0Conn {
                 gender: req.gender,
                 user_identity: req.user_identity,
                 history_text: req.history_text,
+                check_screen_prefix: req.check_screen_prefix,
+                screen_checked_prefix: req.screen_checked_prefix,
                 ..SessionUpdate::default()
             },
             sampling: req.sampling,
