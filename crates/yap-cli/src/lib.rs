@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod client;
+pub mod logging;
 pub mod model_fetch;
 pub mod plot;
 pub mod serve;

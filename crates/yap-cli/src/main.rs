@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use yap_cli::bench::{self, BenchArgs};
 use yap_cli::client::{self, ClientArgs};
+use yap_cli::logging::SharedLog;
 use yap_cli::tools::{self, LiveArgs, PersonalityArgs};
 use yap_cli::{model_fetch, serve};
-use yap_remote::supervise::SharedLog;
 
 #[derive(Debug, Parser)]
 #[command(name = "yap", version, about = "Real-time voice companion server")]

@@ -170,11 +170,16 @@ fn model_text(path: &std::path::Path) -> Result<ModelText> {
 }
 
 /// Builds the chat engine (and its prompt format) the deployment needs.
-async fn start_engine(args: &ServeArgs, model_path: PathBuf) -> Result<(SharedEngine, PromptFormat, Option<Arc<Supervisor>>)> {
+async fn start_engine(
+    args: &ServeArgs,
+    model_path: PathBuf,
+) -> Result<(SharedEngine, PromptFormat, Option<Arc<Supervisor>>)> {
     let e = &args.engine;
     if e.kind == EngineKind::Embedded {
         let cfg = e.embedded.config(model_path, args.core.chat_max_len as u32);
-        let engine = tokio::task::spawn_blocking(move || LlamaEngine::start(cfg)).await.context("engine start task")??;
+        let engine = tokio::task::spawn_blocking(move || LlamaEngine::start(cfg))
+            .await
+            .context("engine start task")??;
         let format = PromptFormat::new(engine.model_text())?;
         return Ok((Arc::new(engine), format, None));
     }
@@ -182,14 +187,22 @@ async fn start_engine(args: &ServeArgs, model_path: PathBuf) -> Result<(SharedEn
     let mut remote_args = e.remote.clone();
     if matches!(e.kind, EngineKind::Vllm | EngineKind::Trt) && remote_args.engine_url.is_empty() {
         let sup = launch_engine(args).await?;
-        remote_args.engine_url = vec![format!("http://127.0.0.1:{}", args.engine.launch.engine_port)];
+        remote_args.engine_url = vec![format!(
+            "http://127.0.0.1:{}",
+            args.engine.launch.engine_port
+        )];
         if remote_args.engine_model_name.is_none() {
-            remote_args.engine_model_name.clone_from(&args.engine.launch.engine_model);
+            remote_args
+                .engine_model_name
+                .clone_from(&args.engine.launch.engine_model);
         }
         supervisor = Some(Arc::new(sup));
     }
     if remote_args.engine_url.is_empty() {
-        bail!("--engine {} needs --engine-url (ENGINE_URLS)", args.engine.kind.name());
+        bail!(
+            "--engine {} needs --engine-url (ENGINE_URLS)",
+            args.engine.kind.name()
+        );
     }
     let format = PromptFormat::new(model_text(&model_path)?)?;
     let config = remote_args.config(args.engine.kind.flavor(), args.core.chat_max_len);
@@ -198,7 +211,11 @@ async fn start_engine(args: &ServeArgs, model_path: PathBuf) -> Result<(SharedEn
 }
 
 /// Loads what the deploy mode needs into a core that is already serving (503 meanwhile).
-async fn load(args: &ServeArgs, core: &Arc<Core>, deferred: &DeferredEngine) -> Result<Option<Arc<Supervisor>>> {
+async fn load(
+    args: &ServeArgs,
+    core: &Arc<Core>,
+    deferred: &DeferredEngine,
+) -> Result<Option<Arc<Supervisor>>> {
     let mode = args.core.deploy_mode;
     let mut supervisor = None;
     if mode.has_chat() {
@@ -206,10 +223,15 @@ async fn load(args: &ServeArgs, core: &Arc<Core>, deferred: &DeferredEngine) -> 
             Some(p) => p.clone(),
             None => {
                 deferred.report(Readiness::Loading("fetching the default chat model".into()));
-                tokio::task::spawn_blocking(model_fetch::ensure_default_model).await.context("model fetch task")??
+                tokio::task::spawn_blocking(model_fetch::ensure_default_model)
+                    .await
+                    .context("model fetch task")??
             }
         };
-        deferred.report(Readiness::Loading(format!("loading {}", model_path.display())));
+        deferred.report(Readiness::Loading(format!(
+            "loading {}",
+            model_path.display()
+        )));
         let (engine, format, sup) = start_engine(args, model_path).await?;
         core.set_format(format);
         deferred.set(engine);
@@ -236,14 +258,25 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         .with_context(|| format!("binding {}:{}", args.server.host, args.server.port))?;
     let addr = listener.local_addr()?;
     let deferred = Arc::new(DeferredEngine::new("starting"));
-    let engine: SharedEngine = if args.core.deploy_mode.has_chat() { deferred.clone() } else { Arc::new(NoChatEngine) };
+    let engine: SharedEngine = if args.core.deploy_mode.has_chat() {
+        deferred.clone()
+    } else {
+        Arc::new(NoChatEngine)
+    };
     let core = Core::new(Arc::clone(&engine), None, None, args.core.clone());
     let shutdown = CancellationToken::new();
     let state = AppState::new(Arc::clone(&core), args.server.clone());
     let task = tokio::spawn(yap_server::serve(listener, state, shutdown.clone()));
     tracing::info!(%addr, "listening; loading models");
     match load(&args, &core, &deferred).await {
-        Ok(supervisor) => Ok(Running { addr, task, engine, core, supervisor, shutdown }),
+        Ok(supervisor) => Ok(Running {
+            addr,
+            task,
+            engine,
+            core,
+            supervisor,
+            shutdown,
+        }),
         Err(e) => {
             deferred.report(Readiness::Down(format!("{e:#}")));
             shutdown.cancel();
@@ -253,16 +286,15 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     }
 }
 
-static LOG: std::sync::OnceLock<Arc<yap_remote::supervise::RotatingLog>> =
-    std::sync::OnceLock::new();
+static LOG: std::sync::OnceLock<Arc<crate::logging::RotatingLog>> = std::sync::OnceLock::new();
 
 /// The process-wide `server.log` (rotated at 100 MB, 3 kept): Yap's own log lines and the
 /// output of launched engines go to this one file.
-pub fn shared_log(path: &std::path::Path) -> Result<Arc<yap_remote::supervise::RotatingLog>> {
+pub fn shared_log(path: &std::path::Path) -> Result<Arc<crate::logging::RotatingLog>> {
     if let Some(log) = LOG.get() {
         return Ok(Arc::clone(log));
     }
-    let log = Arc::new(yap_remote::supervise::RotatingLog::open(
+    let log = Arc::new(crate::logging::RotatingLog::open(
         path,
         100 * 1024 * 1024,
         3,
@@ -289,20 +321,16 @@ async fn launch_engine(args: &ServeArgs) -> Result<Supervisor> {
         std::process::exit(0);
     }
     tracing::info!(command = %plan.command.join(" "), "launching engine");
-    let log = shared_log(&args.log_file)?;
     let port = args.engine.launch.engine_port;
-    let sup = Supervisor::start(
-        SupervisorConfig {
-            command: plan.command,
-            health_url: format!("http://127.0.0.1:{port}/health"),
-            label: kind.to_owned(),
-            startup_timeout: args.engine.launch.startup_timeout,
-            backoff_initial: std::time::Duration::from_millis(250),
-            backoff_max: std::time::Duration::from_secs(30),
-            grace: std::time::Duration::from_secs(10),
-        },
-        log,
-    )
+    let sup = Supervisor::start(SupervisorConfig {
+        command: plan.command,
+        health_url: format!("http://127.0.0.1:{port}/health"),
+        label: kind.to_owned(),
+        startup_timeout: args.engine.launch.startup_timeout,
+        backoff_initial: std::time::Duration::from_millis(250),
+        backoff_max: std::time::Duration::from_secs(30),
+        grace: std::time::Duration::from_secs(10),
+    })
     .await?;
     Ok(sup)
 }

@@ -1,10 +1,7 @@
 //! Launching and supervising an external engine process (vLLM, trtllm-serve, ...): start it,
-//! wait for its health endpoint, copy its output into the rotated `server.log`, restart it with
+//! wait for its health endpoint, copy its output into Yap's log (target `engine`), restart it with
 //! backoff when it dies, and stop it on shutdown (SIGTERM, then SIGKILL after a grace period).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,97 +13,6 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use yap_engine_api::EngineError;
-
-/// An append-only log file rotated by size: `server.log` → `server.log.1` → … → `.N`.
-#[derive(Debug)]
-pub struct RotatingLog {
-    path: PathBuf,
-    max_bytes: u64,
-    keep: usize,
-    file: Mutex<(File, u64)>,
-}
-
-impl RotatingLog {
-    /// Opens (appends to) `path`; rotates past `max_bytes`, keeping `keep` old files.
-    pub fn open(path: impl Into<PathBuf>, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
-        let path = path.into();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let size = file.metadata()?.len();
-        Ok(Self {
-            path,
-            max_bytes,
-            keep,
-            file: Mutex::new((file, size)),
-        })
-    }
-
-    fn rotated(&self, n: usize) -> PathBuf {
-        PathBuf::from(format!("{}.{n}", self.path.display()))
-    }
-
-    /// Appends one line.
-    pub fn line(&self, text: &str) {
-        let Ok(mut guard) = self.file.lock() else {
-            return;
-        };
-        if guard.1 + text.len() as u64 + 1 > self.max_bytes && guard.1 > 0 {
-            for n in (1..self.keep).rev() {
-                let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
-            }
-            if self.keep > 0 {
-                let _ = std::fs::rename(&self.path, self.rotated(1));
-            } else {
-                let _ = std::fs::remove_file(&self.path);
-            }
-            match OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-            {
-                Ok(f) => *guard = (f, 0),
-                Err(_) => return,
-            }
-        }
-        if writeln!(guard.0, "{text}").is_ok() {
-            guard.1 += text.len() as u64 + 1;
-        }
-    }
-
-    /// The log's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-/// A shared handle writes too (for logging frameworks that want an owned writer).
-impl Write for SharedLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        (&*self.0).write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// An owned handle to a [`RotatingLog`].
-#[derive(Debug, Clone)]
-pub struct SharedLog(pub Arc<RotatingLog>);
-
-impl Write for &RotatingLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let text = String::from_utf8_lossy(buf);
-        for l in text.lines() {
-            self.line(l);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// How to run and watch a child engine.
 #[derive(Debug, Clone)]
@@ -156,14 +62,14 @@ async fn healthy(client: &reqwest::Client, url: &str) -> bool {
 
 impl Supervisor {
     /// Starts the child and waits until it is healthy (or the startup timeout passes).
-    pub async fn start(cfg: SupervisorConfig, log: Arc<RotatingLog>) -> Result<Self, EngineError> {
+    pub async fn start(cfg: SupervisorConfig) -> Result<Self, EngineError> {
         if cfg.command.is_empty() {
             return Err(EngineError::Unavailable("empty engine command".into()));
         }
         let state = Arc::new(State::default());
         let task_state = Arc::clone(&state);
         let task_cfg = cfg.clone();
-        let task = tokio::spawn(async move { supervise(task_cfg, task_state, log).await });
+        let task = tokio::spawn(async move { supervise(task_cfg, task_state).await });
         let deadline = Instant::now() + cfg.startup_timeout;
         while !state.healthy.load(Ordering::Acquire) {
             if Instant::now() > deadline {
@@ -229,7 +135,7 @@ impl Drop for Supervisor {
     }
 }
 
-async fn supervise(cfg: SupervisorConfig, state: Arc<State>, log: Arc<RotatingLog>) {
+async fn supervise(cfg: SupervisorConfig, state: Arc<State>) {
     let client = reqwest::Client::new();
     let mut backoff = cfg.backoff_initial;
     loop {
@@ -246,11 +152,7 @@ async fn supervise(cfg: SupervisorConfig, state: Arc<State>, log: Arc<RotatingLo
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                log.line(&format!(
-                    "[{}] cannot start `{}`: {e}",
-                    cfg.label, cfg.command[0]
-                ));
-                warn!(error = %e, "cannot start the engine process");
+                warn!(target: "engine", "[{}] cannot start `{}`: {e}", cfg.label, cfg.command[0]);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(cfg.backoff_max);
                 continue;
@@ -258,12 +160,7 @@ async fn supervise(cfg: SupervisorConfig, state: Arc<State>, log: Arc<RotatingLo
         };
         let pid = child.id().unwrap_or(0);
         state.pid.store(pid, Ordering::Release);
-        log.line(&format!(
-            "[{}] started pid {pid}: {}",
-            cfg.label,
-            cfg.command.join(" ")
-        ));
-        info!(pid, label = %cfg.label, "engine process started");
+        info!(target: "engine", "[{}] started pid {pid}: {}", cfg.label, cfg.command.join(" "));
         for pipe in [
             child
                 .stdout
@@ -277,12 +174,12 @@ async fn supervise(cfg: SupervisorConfig, state: Arc<State>, log: Arc<RotatingLo
         .into_iter()
         .flatten()
         {
-            let log = Arc::clone(&log);
             let label = cfg.label.clone();
             tokio::spawn(async move {
+                // The child's output joins Yap's own log (one file, see `LOG_FILE`).
                 let mut lines = BufReader::new(pipe).lines();
                 while let Ok(Some(l)) = lines.next_line().await {
-                    log.line(&format!("[{label}] {l}"));
+                    info!(target: "engine", "[{label}] {l}");
                 }
             });
         }
@@ -308,11 +205,7 @@ async fn supervise(cfg: SupervisorConfig, state: Arc<State>, log: Arc<RotatingLo
             return;
         }
         let ran = started.elapsed();
-        log.line(&format!(
-            "[{}] exited ({exit:?}) after {ran:.1?}; restarting in {backoff:?}",
-            cfg.label
-        ));
-        warn!(?exit, "engine process exited; restarting");
+        warn!(target: "engine", "[{}] exited ({exit:?}) after {ran:.1?}; restarting in {backoff:?}", cfg.label);
         state.restarts.fetch_add(1, Ordering::AcqRel);
         if ran > Duration::from_secs(60) {
             backoff = cfg.backoff_initial;
@@ -322,34 +215,5 @@ async fn supervise(cfg: SupervisorConfig, state: Arc<State>, log: Arc<RotatingLo
             _ = state.stop.notified() => return,
         }
         backoff = (backoff * 2).min(cfg.backoff_max);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_rotates_and_keeps_n_files() {
-        let dir = std::env::temp_dir().join(format!("yap-log-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let log = RotatingLog::open(dir.join("server.log"), 100, 3).unwrap();
-        for i in 0..40 {
-            log.line(&format!("line number {i:04}")); // 17 bytes each
-        }
-        let exists = |n: &str| dir.join(n).is_file();
-        assert!(
-            exists("server.log")
-                && exists("server.log.1")
-                && exists("server.log.2")
-                && exists("server.log.3")
-        );
-        assert!(!exists("server.log.4"));
-        for n in ["server.log", "server.log.1", "server.log.2", "server.log.3"] {
-            assert!(std::fs::metadata(dir.join(n)).unwrap().len() <= 100, "{n}");
-        }
-        let newest = std::fs::read_to_string(dir.join("server.log")).unwrap();
-        assert!(newest.ends_with("line number 0039\n"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
