@@ -73,7 +73,7 @@ impl MarkupStage {
 
     /// Feeds one character.
     pub(super) fn step(&mut self, c: char, out: &mut impl FnMut(char)) {
-        if self.state == Markup::Normal {
+        if matches!(self.state, Markup::Normal) {
             return self.normal(c, out);
         }
         match std::mem::replace(&mut self.state, Markup::Normal) {
