@@ -492,6 +492,79 @@ fn amount_head(s: &[char]) -> Option<(Money, usize)> {
     Some((Money { cur: cur?, num }, end))
 }
 
+/// The digits from `i` on, and how many there are.
+fn digits_str(s: &[char], i: usize) -> (String, usize) {
+    let n = digits_at(s, i);
+    (s.get(i..i + n).unwrap_or(&[]).iter().collect(), n)
+}
+
+/// A clock time or ratio: `:` and digits at `j`, after the hours `h`. Its words and end.
+fn colon_at(s: &[char], j: usize, h: &str) -> Option<(String, usize)> {
+    if s.get(j) != Some(&':') {
+        return None;
+    }
+    let (mins, m) = digits_str(s, j + 1);
+    (m > 0).then(|| (time_or_ratio(h, &mins), j + 1 + m))
+}
+
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
+/// An ISO date after the year `y`: `-05-01` at `j` → "May first, two thousand twenty four".
+fn iso_date(s: &[char], j: usize, y: &str) -> Option<(String, usize)> {
+    let (month, m) = digits_str(s, j + 1);
+    let (day, d) = digits_str(s, j + 4);
+    let ok = y.len() == 4 && s.get(j) == Some(&'-') && m == 2 && s.get(j + 3) == Some(&'-');
+    let month_name = MONTHS.get(month.parse::<usize>().ok()?.checked_sub(1)?)?;
+    let day_n = day.parse::<u32>().ok()?;
+    (ok && d == 2 && (1..=31).contains(&day_n)).then(|| {
+        let day_words = ordinal_words(&number_words(&day));
+        (
+            format!("{month_name} {day_words}, {}", number_words(y)),
+            j + 6,
+        )
+    })
+}
+
+/// Times (`10:30`, `8:00-22:00`), ratios (`3:2`), ISO dates and fractions (`1/2`, `4.5/5`) after
+/// a number ending at `j`: their words and end.
+fn compound(s: &[char], j: usize, num: &Num) -> Option<(String, usize)> {
+    let plain = !num.neg && num.frac.is_none() && num.dotted.is_empty();
+    if plain && let Some((w, e)) = colon_at(s, j, &num.int) {
+        let (h2, n2) = digits_str(s, e + 1);
+        return match colon_at(s, e + 1 + n2, &h2) {
+            Some((w2, e2)) if n2 > 0 && matches!(s.get(e), Some('-' | '–')) => {
+                Some((format!("{w} to {w2}"), e2))
+            }
+            _ => Some((w, e)),
+        };
+    }
+    if plain && let Some(date) = iso_date(s, j, &num.int) {
+        return Some(date);
+    }
+    let (den, m) = digits_str(s, j + 1);
+    if s.get(j) != Some(&'/') || m == 0 || num.neg || !num.dotted.is_empty() {
+        return None;
+    }
+    let words = match num.frac {
+        Some(_) => format!("{} out of {}", num.words(), int_words(&den)),
+        None => fraction(&num.int, &den),
+    };
+    Some((words, j + 1 + m))
+}
+
 /// Reads a number expression at `i` (sign, currency, number, range, time, fraction, suffix) into
 /// `sp`. Returns the end index and, when it ends in a bare number, whether that number is one.
 fn number_expr(s: &[char], i: usize, sp: &mut Spoken) -> Option<(usize, Option<bool>)> {
@@ -501,18 +574,9 @@ fn number_expr(s: &[char], i: usize, sp: &mut Spoken) -> Option<(usize, Option<b
     let cur = rest.get(pre).and_then(|&c| currency(c)).map(|e| e.0);
     let (mut num, mut j) = parse_num(rest, pre + usize::from(cur.is_some()))?;
     num.neg = neg;
-    let plain = cur.is_none() && !neg && num.frac.is_none() && num.dotted.is_empty();
-    if plain && rest.get(j) == Some(&':') && is_digit_at(rest, j + 1) {
-        let m = digits_at(rest, j + 1);
-        let mins: String = rest.get(j + 1..j + 1 + m)?.iter().collect();
-        sp.word(&time_or_ratio(&num.int, &mins));
-        return Some((i + j + 1 + m, None));
-    }
-    if plain && rest.get(j) == Some(&'/') && is_digit_at(rest, j + 1) {
-        let m = digits_at(rest, j + 1);
-        let den: String = rest.get(j + 1..j + 1 + m)?.iter().collect();
-        sp.word(&fraction(&num.int, &den));
-        return Some((i + j + 1 + m, None));
+    if let Some((words, end)) = compound(rest, j, &num).filter(|_| cur.is_none()) {
+        sp.word(&words);
+        return Some((i + end, None));
     }
     let mut range = None;
     if matches!(rest.get(j), Some('-' | '–')) {
@@ -598,6 +662,14 @@ pub(super) fn verbal_text(s: &[char], number: Option<bool>, sp: &mut Spoken) -> 
             || (c == '.' && !prev_word && is_digit_at(s, i + 1))
             || (c == '-' && !prev_word && (is_digit_at(s, i + 1) || money_at(s, i + 1)))
             || money_at(s, i);
+        let glued = digits_at(s, i);
+        if c.is_ascii_digit() && prev_word && glued >= 3 {
+            // A code after letters (`abc123`): digit by digit.
+            let (digits, _) = digits_str(s, i);
+            sp.word(&digit_words(&digits));
+            i += glued;
+            continue;
+        }
         if starts_number && let Some((end, n)) = number_expr(s, i, sp) {
             i = end.max(i + 1);
             ends_number = n;
