@@ -5,7 +5,9 @@ For each architecture Yap's tool classifier supports, this writes a tiny model f
 (config.json with id2label, model.safetensors, tokenizer.json + tokenizer_config.json) and
 `reference.json` (texts, the ids the HF tokenizer made, attention masks and the logits that
 `transformers` computed for the padded batch) under crates/yap-tool/tests/fixtures/<arch>/.
-The Rust test `crates/yap-tool/tests/parity.rs` loads each folder with candle and compares.
+The Rust test `crates/yap-tool/tests/parity.rs` loads each folder with candle and compares; for
+BERT, `reference.json` also holds pair inputs (earlier turns + utterance) with the ids and type ids
+`common.encode` made and their logits, which the Rust `ToolModel::encode` must reproduce exactly.
 
     python3 -m pip install torch transformers tokenizers safetensors
     python3 tools/tool-model/make_parity_fixtures.py
@@ -17,6 +19,9 @@ import sys
 
 import torch
 import transformers
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common as yapcommon  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -37,6 +42,18 @@ TEXTS = [
     "tell me a joke",
 ]
 LABELS = {0: "no", 1: "yes"}
+# Pair inputs (earlier turns + current utterance) for the BERT fixture, encoded as Yap encodes a
+# turn (common.encode) with a small budget so that both truncations happen.
+PAIR_MAX_TOKENS, PAIR_HISTORY_TURNS, PAIR_JOIN = 24, 2, "sep"
+PAIRS = [
+    {"history": [], "utterance": "look at this!"},
+    {"history": ["I just finished my drawing"], "utterance": "what do you think?"},
+    {"history": ["tell me a joke", " ", "I had a long day at work and I am tired", "read what it says on the page"],
+     "utterance": "check out this picture"},
+    {"history": ["can you see my screen right now"],
+     "utterance": "how does my code look, is there a bug here, I had a long day at work and I am tired of it"},
+    {"history": ["look at this outfit what do you think " * 3], "utterance": "hi"},
+]
 
 
 def wordpiece_tokenizer():
@@ -142,6 +159,39 @@ def main():
         os.makedirs(out, exist_ok=True)
         model.save_pretrained(out, safe_serialization=True)
         tok.save_pretrained(out)
+        pair_ref = None
+        if arch == "bert":
+            # Yap's pair input: the model says how it reads history, and its budget.
+            model.config.update({"yap_history_turns": PAIR_HISTORY_TURNS,
+                                 "yap_history_join": yapcommon.JOINS[PAIR_JOIN], "yap_threshold": 0.5})
+            model.save_pretrained(out, safe_serialization=True)
+            tok.model_max_length = PAIR_MAX_TOKENS
+            tok.save_pretrained(out)
+            backend = yapcommon.backend_of(tok)
+            pairs = []
+            for case in PAIRS:
+                ids, types = yapcommon.encode(backend, case["history"], case["utterance"], PAIR_MAX_TOKENS,
+                                           PAIR_HISTORY_TURNS, PAIR_JOIN)
+                with torch.no_grad():
+                    lg = model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types]),
+                               attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits[0].tolist()
+                pairs.append(dict(case, input_ids=ids, token_type_ids=types, logits=lg))
+            # Where the utterance fits the budget, that is the tokenizer's own pair encoding with
+            # only_first truncation from the left.
+            tok.truncation_side = "left"
+            for case, pair in zip(PAIRS, pairs):
+                turns = [t.strip() for t in case["history"] if t.strip()][-PAIR_HISTORY_TURNS:]
+                try:
+                    hf = tok(yapcommon.JOINS[PAIR_JOIN].join(turns), case["utterance"], truncation="only_first",
+                             max_length=PAIR_MAX_TOKENS, return_token_type_ids=True)
+                except Exception:  # the utterance alone is over the budget: cut from its right instead
+                    assert len(pair["input_ids"]) == PAIR_MAX_TOKENS and pair["token_type_ids"].count(0) == 2
+                    continue
+                assert hf["input_ids"] == pair["input_ids"], (hf, pair)
+                assert hf["token_type_ids"] == pair["token_type_ids"], (hf, pair)
+            tok.truncation_side = "right"
+            pair_ref = {"max_tokens": PAIR_MAX_TOKENS, "history_turns": PAIR_HISTORY_TURNS, "cases": pairs}
+            print("  pairs:", [len(p["input_ids"]) for p in pairs])
         enc = tok(TEXTS, padding=True, return_tensors="pt")
         kwargs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         with torch.no_grad():
@@ -155,6 +205,8 @@ def main():
             "attention_mask": enc["attention_mask"].tolist(),
             "logits": logits.tolist(),
         }
+        if pair_ref:
+            ref["pair"] = pair_ref
         with open(os.path.join(out, "reference.json"), "w") as f:
             json.dump(ref, f, indent=1)
         print(arch, type(model).__name__, tuple(enc["input_ids"].shape), logits[:, :].tolist())
