@@ -49,8 +49,11 @@ pub struct LlamaConfig {
     pub batch_tokens: u32,
     /// CPU threads; 0 = all cores.
     pub threads: u32,
-    /// Layers offloaded to the GPU (with the `cuda` feature); 0 = CPU only.
-    pub gpu_layers: u32,
+    /// Layers offloaded to the GPU (with the `cuda` feature and a device found).
+    pub gpu_layers: GpuLayers,
+    /// One KV cache shared by all sequences (`true`), or one KV stream per sequence of
+    /// `kv_tokens / max_sequences` cells (attention then reads only a sequence's own cells).
+    pub kv_unified: bool,
     /// Share cached prefixes across sessions (same persona → no prefill for a new session).
     pub share_prefixes: bool,
 }
@@ -65,9 +68,76 @@ impl LlamaConfig {
             max_sequence_tokens: 5525,
             batch_tokens: 512,
             threads: 0,
-            gpu_layers: 0,
+            gpu_layers: GpuLayers::All,
+            kv_unified: true,
             share_prefixes: true,
         }
+    }
+}
+
+impl LlamaConfig {
+    /// KV cells one sequence can hold: all of them in a unified cache, else its stream.
+    pub fn sequence_cells(&self) -> u32 {
+        if self.kv_unified {
+            self.kv_tokens
+        } else {
+            self.kv_tokens / self.max_sequences.max(1)
+        }
+    }
+}
+
+/// How many layers the embedded engine offloads to the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GpuLayers {
+    /// Every layer, when the build has a GPU backend and finds a device (else none).
+    #[default]
+    All,
+    /// At most this many layers (0 = CPU only).
+    Count(u32),
+}
+
+impl std::str::FromStr for GpuLayers {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(Self::All);
+        }
+        s.parse()
+            .map(Self::Count)
+            .map_err(|_| format!("`{s}` is neither `all` nor a number of layers"))
+    }
+}
+
+impl std::fmt::Display for GpuLayers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::All => f.write_str("all"),
+            Self::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Logs the GPUs llama.cpp found and what will be offloaded to them.
+fn log_gpu(layers: GpuLayers) {
+    use llama_cpp_2::LlamaBackendDeviceType as Kind;
+    let gpus: Vec<String> = llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .filter(|d| matches!(d.device_type, Kind::Gpu | Kind::IntegratedGpu))
+        .map(|d| {
+            format!(
+                "{} ({}, {} MiB free)",
+                d.description,
+                d.backend,
+                d.memory_free >> 20
+            )
+        })
+        .collect();
+    if gpus.is_empty() {
+        info!(gpu_layers = %layers, "no GPU found: the embedded engine runs on the CPU");
+    } else {
+        info!(gpu_layers = %layers, gpus = %gpus.join(", "), "embedded engine offloads to the GPU");
     }
 }
 
@@ -126,9 +196,11 @@ impl LlamaEngine {
             return Err(load_err("no such file".into()));
         }
         let mut params = LlamaModelParams::default();
-        if config.gpu_layers > 0 {
-            params = params.with_n_gpu_layers(config.gpu_layers);
+        // llama.cpp's default offloads every layer (to no device when none is found).
+        if let GpuLayers::Count(n) = config.gpu_layers {
+            params = params.with_n_gpu_layers(n);
         }
+        log_gpu(config.gpu_layers);
         let model = LlamaModel::load_from_file(backend, &config.model_path, &params)
             .map_err(|e| load_err(e.to_string()))?;
         let model = Arc::new(model);
@@ -168,7 +240,7 @@ impl LlamaEngine {
             info: EngineInfo {
                 kind: "embedded".into(),
                 model: name,
-                context_tokens: config.max_sequence_tokens.min(config.kv_tokens) as usize,
+                context_tokens: config.max_sequence_tokens.min(config.sequence_cells()) as usize,
             },
         })
     }
@@ -291,6 +363,7 @@ struct Scheduler<'m> {
     active: Vec<Active>,
     waiting: VecDeque<Job>,
     batch_tokens: usize,
+    kv_unified: bool,
     counters: Arc<Counters>,
 }
 
@@ -308,7 +381,7 @@ fn context_params(config: &LlamaConfig) -> LlamaContextParams {
         .with_n_batch(config.batch_tokens)
         .with_n_ubatch(config.batch_tokens)
         .with_n_seq_max(config.max_sequences)
-        .with_kv_unified(true)
+        .with_kv_unified(config.kv_unified)
         .with_swa_full(true)
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
@@ -341,6 +414,7 @@ fn decode_thread(
         active: Vec::new(),
         waiting: VecDeque::new(),
         batch_tokens: config.batch_tokens as usize,
+        kv_unified: config.kv_unified,
         counters,
         ctx,
     };
@@ -445,12 +519,7 @@ impl Scheduler<'_> {
                     .ctx
                     .clear_kv_cache_seq(Some(slot as u32), Some(from as u32), None)
                     .unwrap_or(false),
-                KvOp::Share { src, dst, len } => {
-                    let _ = self.ctx.clear_kv_cache_seq(Some(dst as u32), None, None);
-                    self.ctx
-                        .copy_kv_cache_seq(src as i32, dst as i32, Some(0), Some(len as u32))
-                        .is_ok()
-                }
+                KvOp::Share { src, dst, len } => self.share(src, dst, len),
             };
             if !ok && let KvOp::Truncate { slot, .. } | KvOp::Share { dst: slot, .. } = op {
                 for clear in self.table.forget(slot) {
@@ -460,6 +529,25 @@ impl Scheduler<'_> {
                 }
             }
         }
+    }
+
+    /// Makes positions `0..len` of `src` the whole sequence of `dst`.
+    fn share(&mut self, src: usize, dst: usize, len: usize) -> bool {
+        let _ = self.ctx.clear_kv_cache_seq(Some(dst as u32), None, None);
+        let (s, d) = (src as i32, dst as i32);
+        if self.kv_unified {
+            // One cache: the cells gain a sequence id, nothing is copied.
+            return self
+                .ctx
+                .copy_kv_cache_seq(s, d, Some(0), Some(len as u32))
+                .is_ok();
+        }
+        // One stream per sequence: llama.cpp copies whole streams only; drop the tail after.
+        self.ctx.copy_kv_cache_seq(s, d, None, None).is_ok()
+            && self
+                .ctx
+                .clear_kv_cache_seq(Some(dst as u32), Some(len as u32), None)
+                .unwrap_or(false)
     }
 
     fn finish(&mut self, idx: usize, event: EngineEvent) {
@@ -745,9 +833,19 @@ pub struct EmbeddedArgs {
     /// Embedded engine: share cached prefixes across sessions.
     #[arg(long = "share-prefixes", env = "EMBEDDED_SHARE_PREFIXES", default_value_t = true, action = clap::ArgAction::Set)]
     pub share_prefixes: bool,
-    /// Embedded engine: layers on the GPU (needs a `cuda` build).
-    #[arg(long = "gpu-layers", env = "EMBEDDED_GPU_LAYERS", default_value_t = 0)]
-    pub gpu_layers: u32,
+    /// Embedded engine: layers on the GPU, `all` or a number (0 = CPU only); a `cuda` build
+    /// with a device found offloads them, any other build runs on the CPU.
+    #[arg(
+        long = "gpu-layers",
+        env = "EMBEDDED_GPU_LAYERS",
+        default_value = "all"
+    )]
+    pub gpu_layers: GpuLayers,
+    /// Embedded engine: one KV cache for all sessions (`true`), or one stream per session of
+    /// `kv-tokens / max-sequences` cells, which also bounds a conversation (faster attention on
+    /// a GPU holding many sessions; see docs/gpu.md).
+    #[arg(long = "kv-unified", env = "EMBEDDED_KV_UNIFIED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub kv_unified: bool,
 }
 
 impl EmbeddedArgs {
@@ -761,7 +859,35 @@ impl EmbeddedArgs {
             batch_tokens: self.batch_tokens,
             threads: self.threads,
             gpu_layers: self.gpu_layers,
+            kv_unified: self.kv_unified,
             share_prefixes: self.share_prefixes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_layers_parse_all_or_a_number() {
+        assert_eq!("all".parse::<GpuLayers>(), Ok(GpuLayers::All));
+        assert_eq!(" ALL ".parse::<GpuLayers>(), Ok(GpuLayers::All));
+        assert_eq!("0".parse::<GpuLayers>(), Ok(GpuLayers::Count(0)));
+        assert_eq!("33".parse::<GpuLayers>(), Ok(GpuLayers::Count(33)));
+        assert!("-1".parse::<GpuLayers>().is_err());
+        assert!("most".parse::<GpuLayers>().is_err());
+        assert_eq!(GpuLayers::All.to_string(), "all");
+        assert_eq!(GpuLayers::Count(7).to_string(), "7");
+    }
+
+    #[test]
+    fn a_sequence_holds_its_stream_unless_the_cache_is_unified() {
+        let mut c = LlamaConfig::new("m.gguf");
+        c.kv_tokens = 65536;
+        c.max_sequences = 64;
+        assert_eq!(c.sequence_cells(), 65536);
+        c.kv_unified = false;
+        assert_eq!(c.sequence_cells(), 1024);
     }
 }
