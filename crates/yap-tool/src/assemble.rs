@@ -1,6 +1,8 @@
-//! Rebuilds a fine-tuned classifier folder from a base checkpoint and a small LoRA delta
-//! (what `tools/tool-model/train.py --adapter` writes): `W' = W + B·A` for every adapted
-//! projection, plus the trained pooler / classification head.
+//! Rebuilds a fine-tuned classifier folder from a base checkpoint and a small delta (what
+//! `tools/tool-model/export.py --ship` writes): `W' = W + B·A` for every projection with low-rank
+//! factors (LoRA, or a fully fine-tuned weight's delta compressed by SVD), every other tensor of
+//! the delta taken as is (biases, LayerNorms, position embeddings, pooler, classification head),
+//! and the `yap_*` metadata (input format, tuned threshold) written into config.json.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -84,6 +86,17 @@ pub fn merge_adapter(base: &Path, adapter: &[u8], out: &Path) -> Result<(), Tool
         obj.insert("id2label".into(), json!({"0": "no", "1": "yes"}));
         obj.insert("label2id".into(), json!({"no": 0, "yes": 1}));
         obj.remove("_name_or_path");
+        // The input format and tuned threshold the model was trained and exported with.
+        for (key, value) in &meta {
+            if !key.starts_with("yap_") {
+                continue;
+            }
+            let v = match key.as_str() {
+                "yap_history_join" => json!(value),
+                _ => serde_json::from_str::<Value>(value).unwrap_or_else(|_| json!(value)),
+            };
+            obj.insert(key.clone(), v);
+        }
     }
     let text = serde_json::to_string_pretty(&cfg).map_err(|e| ToolError::Config(e.to_string()))?;
     std::fs::write(out.join("config.json"), text).map_err(io(out))?;
@@ -96,7 +109,9 @@ pub fn merge_adapter(base: &Path, adapter: &[u8], out: &Path) -> Result<(), Tool
         .unwrap_or_else(|| json!({}));
     if let (Some(obj), Some(n)) = (
         tc.as_object_mut(),
-        meta.get("max_tokens").and_then(|m| m.parse::<u64>().ok()),
+        meta.get("yap_max_tokens")
+            .or_else(|| meta.get("max_tokens"))
+            .and_then(|m| m.parse::<u64>().ok()),
     ) {
         obj.insert("model_max_length".into(), json!(n));
     }

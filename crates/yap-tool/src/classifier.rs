@@ -171,32 +171,72 @@ impl SequenceClassifier {
         &self.config.labels
     }
 
-    /// Logits `(batch, num_labels)` for sequences of token ids (special tokens included);
-    /// shorter ones are padded on the right and masked.
+    /// Logits `(batch, num_labels)` for sequences of token ids (special tokens included), all
+    /// of segment 0; shorter ones are padded on the right and masked.
     pub fn logits(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, ToolError> {
+        self.logits_typed(batch, None)
+    }
+
+    /// Logits `(batch, num_labels)` for sequences of token ids with their segment (token type)
+    /// ids (`None`: all 0); shorter ones are padded on the right and masked. Architectures
+    /// without segment embeddings (DistilBERT, ModernBERT, and those with `type_vocab_size` 1)
+    /// ignore the type ids, as `transformers` does with what their tokenizers make.
+    pub fn logits_typed(
+        &self,
+        batch: &[Vec<u32>],
+        types: Option<&[Vec<u32>]>,
+    ) -> Result<Vec<Vec<f32>>, ToolError> {
         if batch.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(t) = types
+            && (t.len() != batch.len() || t.iter().zip(batch).any(|(a, b)| a.len() != b.len()))
+        {
+            return Err(ToolError::Config(
+                "token type ids do not match the token ids".into(),
+            ));
         }
         let len = batch.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let mut ids = Vec::with_capacity(batch.len() * len);
         let mut mask = Vec::with_capacity(batch.len() * len);
-        for seq in batch {
+        let mut type_ids = Vec::with_capacity(batch.len() * len);
+        for (i, seq) in batch.iter().enumerate() {
             ids.extend_from_slice(seq);
             ids.extend(std::iter::repeat_n(self.pad_id, len - seq.len()));
             mask.extend(std::iter::repeat_n(1u32, seq.len()));
             mask.extend(std::iter::repeat_n(0u32, len - seq.len()));
+            match types {
+                Some(t) => type_ids.extend_from_slice(&t[i]),
+                None => type_ids.extend(std::iter::repeat_n(0u32, seq.len())),
+            }
+            type_ids.extend(std::iter::repeat_n(0u32, len - seq.len()));
         }
         let shape = (batch.len(), len);
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
-        let logits = self.forward(&ids, &mask)?;
+        let type_ids = match types {
+            Some(_) => Some(Tensor::from_vec(type_ids, shape, &self.device)?),
+            None => None,
+        };
+        let logits = self.forward_typed(&ids, type_ids.as_ref(), &mask)?;
         Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 
-    /// Logits for an id tensor `(b, s)` and its 0/1 attention mask.
+    /// Logits for an id tensor `(b, s)` and its 0/1 attention mask (segment ids all 0).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, ToolError> {
+        self.forward_typed(ids, None, mask)
+    }
+
+    /// Logits for an id tensor `(b, s)`, its segment ids `(b, s)` (`None`: all 0) and its 0/1
+    /// attention mask.
+    pub fn forward_typed(
+        &self,
+        ids: &Tensor,
+        type_ids: Option<&Tensor>,
+        mask: &Tensor,
+    ) -> Result<Tensor, ToolError> {
         let out = match &self.backbone {
-            Backbone::Encoder(m) => m.forward(ids, mask)?,
+            Backbone::Encoder(m) => m.forward(ids, type_ids, mask)?,
             Backbone::DistilBert(m) => m.forward(ids, mask)?,
             Backbone::ModernBert {
                 model,

@@ -62,6 +62,8 @@ pub struct Encoder {
     word: Embedding,
     position: Embedding,
     token_type: Embedding,
+    /// Rows of the segment embedding table.
+    type_vocab: usize,
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     head: Head,
@@ -129,11 +131,8 @@ impl Encoder {
             h,
             emb.pp("position_embeddings"),
         )?;
-        let token_type = embedding(
-            cfg.usize("type_vocab_size").unwrap_or(2),
-            h,
-            emb.pp("token_type_embeddings"),
-        )?;
+        let type_vocab = cfg.usize("type_vocab_size").unwrap_or(2);
+        let token_type = embedding(type_vocab, h, emb.pp("token_type_embeddings"))?;
         let emb_norm = layer_norm(h, eps, emb.pp("LayerNorm"))?;
         let mut layers = Vec::with_capacity(n_layers);
         for i in 0..n_layers {
@@ -175,6 +174,7 @@ impl Encoder {
             word,
             position,
             token_type,
+            type_vocab,
             emb_norm,
             layers,
             head,
@@ -184,8 +184,13 @@ impl Encoder {
         })
     }
 
-    /// Logits for ids `(b, s)` with a 0/1 mask.
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, ToolError> {
+    /// Logits for ids `(b, s)` with their segment ids (`None`: all 0) and a 0/1 mask.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        type_ids: Option<&Tensor>,
+        mask: &Tensor,
+    ) -> Result<Tensor, ToolError> {
         let (b, s) = ids.dims2()?;
         let dev = ids.device();
         let valid: Vec<Vec<u32>> = mask.to_dtype(DType::U32)?.to_vec2()?;
@@ -207,11 +212,18 @@ impl Encoder {
         };
         let pos = Tensor::from_vec(positions, (b, s), dev)?;
         let x = (self.word.forward(ids)? + self.position.forward(&pos)?)?;
-        let x = x.broadcast_add(&self.token_type.forward(&Tensor::zeros(
-            (1, 1),
-            DType::U32,
-            dev,
-        )?)?)?;
+        // Segment embeddings: per token when the model has more than one segment (BERT's pair
+        // encoding), else the one row for all (RoBERTa / Longformer have type_vocab_size 1).
+        let x = match type_ids {
+            Some(t) if self.type_vocab > 1 => {
+                (x + self.token_type.forward(&t.to_dtype(DType::U32)?)?)?
+            }
+            _ => x.broadcast_add(&self.token_type.forward(&Tensor::zeros(
+                (1, 1),
+                DType::U32,
+                dev,
+            )?)?)?,
+        };
         let x = self.emb_norm.forward(&x)?;
         // Projections and feed-forward run on the real tokens only (packed, no padding rows);
         // attention runs on the padded (b, s) layout.

@@ -2,8 +2,8 @@
 //!
 //! A Hugging Face `AutoModelForSequenceClassification` folder (config.json with `id2label`,
 //! `model.safetensors`, `tokenizer.json`) runs in-process on candle ([`classifier`]); a
-//! [`ToolModel`] adds the tokenizer, left truncation and the yes/no decision; a [`ToolService`]
-//! micro-batches concurrent turns on its own thread pool.
+//! [`ToolModel`] adds the tokenizer, the history + utterance pair encoding and the yes/no
+//! decision; a [`ToolService`] micro-batches concurrent turns on its own thread pool.
 
 pub mod args;
 pub mod assemble;
@@ -19,4 +19,4 @@ pub use args::ToolArgs;
 pub use classifier::SequenceClassifier;
 pub use error::ToolError;
 pub use service::{ServiceConfig, ServiceStats, ToolService};
-pub use tool::{ToolInput, ToolModel, ToolVerdict, user_context};
+pub use tool::{Encoded, ToolInput, ToolModel, ToolVerdict, user_context};

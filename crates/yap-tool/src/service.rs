@@ -76,6 +76,7 @@ pub struct ToolService {
     max_tokens: usize,
     labels: Vec<String>,
     name: String,
+    threshold: Option<f32>,
 }
 
 impl std::fmt::Debug for ToolService {
@@ -112,6 +113,7 @@ impl ToolService {
             .unwrap_or_else(|| "tool-model".into());
         let max_tokens = model.max_tokens();
         let labels = model.classifier().labels().to_vec();
+        let threshold = model.tuned_threshold();
         let c = Arc::clone(&counters);
         std::thread::Builder::new()
             .name("yap-tool-batcher".into())
@@ -123,6 +125,7 @@ impl ToolService {
             max_tokens,
             labels,
             name,
+            threshold,
         }))
     }
 
@@ -134,6 +137,11 @@ impl ToolService {
     /// Input token budget.
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
+    }
+
+    /// The decision threshold the model was tuned for (`yap_threshold` in its config.json).
+    pub fn tuned_threshold(&self) -> Option<f32> {
+        self.threshold
     }
 
     /// The model's labels.

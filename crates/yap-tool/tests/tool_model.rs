@@ -1,28 +1,66 @@
-//! ToolModel behaviour on the tiny BERT fixture: left truncation keeps the newest tokens, the
-//! positive label is found by name, batching does not change verdicts.
+//! ToolModel behaviour on the tiny BERT fixture: the pair encoding keeps the newest history and the
+//! whole utterance, the positive label is found by name, batching does not change verdicts.
 #![allow(clippy::unwrap_used, clippy::too_many_lines, missing_docs)]
 
 use std::path::PathBuf;
 
-use yap_tool::{ToolModel, user_context};
+use yap_tool::{ToolInput, ToolModel, user_context};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert")
 }
 
+fn turn(history: &[&str], utterance: &str) -> ToolInput {
+    ToolInput {
+        history: history.iter().map(|h| (*h).to_owned()).collect(),
+        utterance: utterance.to_owned(),
+    }
+}
+
 #[test]
-fn truncation_keeps_the_newest_tokens() {
-    let full = ToolModel::load(&fixture(), None).unwrap();
-    let cut = ToolModel::load(&fixture(), Some(8)).unwrap();
-    assert_eq!(cut.max_tokens(), 8);
-    let text = "look at this outfit what do you think can you see my screen right now";
-    let all = full.encode(text).unwrap();
-    let kept = cut.encode(text).unwrap();
-    assert_eq!(kept.len(), 8);
-    // [CLS] + the last 6 content tokens + [SEP]
-    assert_eq!(kept[0], all[0]);
-    assert_eq!(kept[7], *all.last().unwrap());
-    assert_eq!(&kept[1..7], &all[all.len() - 7..all.len() - 1]);
+fn pair_encoding_keeps_the_newest_history_and_the_whole_utterance() {
+    // The fixture reads 2 earlier turns joined by " [SEP] ", 24 tokens at most.
+    let m = ToolModel::load(&fixture(), None).unwrap();
+    assert_eq!(m.max_tokens(), 24);
+    assert_eq!(m.history_turns(), Some(2));
+    let alone = m.encode(&turn(&[], "look at this")).unwrap();
+    // [CLS] [SEP] utterance [SEP]: segment 0 is empty.
+    assert_eq!(alone.type_ids.iter().filter(|&&t| t == 0).count(), 2);
+    let n = alone.ids.len();
+    assert_eq!(
+        alone.ids[2..n - 1],
+        m.encode(&turn(&[], " look at this ")).unwrap().ids[2..n - 1]
+    );
+    let long = "tell me a joke about cats what is the capital of france";
+    let with = m
+        .encode(&turn(&["older turn is dropped", long], "look at this"))
+        .unwrap();
+    assert_eq!(with.ids.len(), 24);
+    // The utterance is whole, in segment 1, at the end.
+    assert_eq!(with.ids[24 - (n - 2)..], alone.ids[2..]);
+    assert!(with.type_ids[24 - (n - 2)..].iter().all(|&t| t == 1));
+    // History is cut from the left: its newest tokens are kept, right before the first [SEP].
+    let last = m.encode(&turn(&[], long)).unwrap();
+    let first_sep = with.type_ids.iter().position(|&t| t == 1).unwrap() - 1;
+    let kept = &with.ids[1..first_sep];
+    let all = &last.ids[2..last.ids.len() - 1];
+    assert_eq!(kept, &all[all.len() - kept.len()..]);
+    // Only the last 2 turns are read.
+    let three = m.encode(&turn(&["a", "b", "c"], "look")).unwrap();
+    let two = m.encode(&turn(&["b", "c"], "look")).unwrap();
+    assert_eq!(three, two);
+    // An utterance longer than the budget is cut from the right, with no history.
+    let huge = m
+        .encode(&turn(&["hi"], &format!("{long} {long} {long}")))
+        .unwrap();
+    assert_eq!(huge.ids.len(), 24);
+    assert_eq!(huge.type_ids.iter().filter(|&&t| t == 0).count(), 2);
+}
+
+#[test]
+fn the_tuned_threshold_comes_from_the_config() {
+    let m = ToolModel::load(&fixture(), None).unwrap();
+    assert_eq!(m.tuned_threshold(), Some(0.5));
 }
 
 #[test]
