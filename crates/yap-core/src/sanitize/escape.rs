@@ -1,9 +1,9 @@
-//! Stage 1: escapes. `\n`, `\r`, `\t` written as text (also doubled, `\\n`, and a literal `/n`
-//! that stands for a line break) become real whitespace; `\"` and `\*` become a space; a backslash before
-//! other punctuation is a markdown or JSON escape and keeps the character (`\'`, `\/`, `\_`);
-//! before a letter or digit it becomes a space (`C:\Users`). Private-use characters (the word
-//! stage's protection marks) are dropped. Holds at most two characters (`/n` until the character
-//! after it shows whether it was meant as a line break).
+//! Stage 1: escapes. `\n`, `\r`, `\t` written as text (also doubled, `\\n`, and a literal
+//! `/n` that stands for a line break) become real whitespace; `\"` and `\*` become a space; a
+//! backslash before other punctuation is a markdown or JSON escape and keeps the character
+//! (`\'`, `\/`, `\_`); before a letter or digit it becomes a space (`C:\Users`). The two
+//! private-use characters the word stage uses as protection marks are dropped. Holds at most two
+//! characters (`/n` until the character after it shows whether it was meant as a line break).
 
 use super::{PROTECT, UNPROTECT};
 

@@ -39,7 +39,7 @@ mod words;
 pub use verbal::number_words;
 
 /// Marks the start of text that must pass the spacing stage unchanged (a kept URL or address).
-/// Private-use characters in the input are dropped, so the marks cannot be forged.
+/// Both marks are dropped from the input (escape stage), so they cannot be forged.
 const PROTECT: char = '\u{E000}';
 /// Marks the end of protected text.
 const UNPROTECT: char = '\u{E001}';
