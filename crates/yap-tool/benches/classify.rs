@@ -30,7 +30,12 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[i]
 }
 
-async fn run(service: &Arc<ToolService>, concurrency: usize, per_task: usize) -> (Vec<f64>, f64) {
+async fn run(
+    service: &Arc<ToolService>,
+    concurrency: usize,
+    per_task: usize,
+    history: bool,
+) -> (Vec<f64>, f64) {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..concurrency {
@@ -39,10 +44,20 @@ async fn run(service: &Arc<ToolService>, concurrency: usize, per_task: usize) ->
             let mut lat = Vec::new();
             for i in 0..per_task {
                 let text = UTTERANCES[(t + i) % UTTERANCES.len()].to_owned();
+                // With history: the previous utterance as the earlier user turn (what the
+                // default model reads), as in a running conversation.
+                let earlier = if history {
+                    vec![UTTERANCES[(t + i + 3) % UTTERANCES.len()].to_owned()]
+                } else {
+                    Vec::new()
+                };
                 let t0 = Instant::now();
-                s.classify(yap_tool::ToolInput::utterance(text))
-                    .await
-                    .expect("classify");
+                s.classify(yap_tool::ToolInput {
+                    history: earlier,
+                    utterance: text,
+                })
+                .await
+                .expect("classify");
                 lat.push(t0.elapsed().as_secs_f64() * 1e3);
             }
             lat
@@ -72,11 +87,13 @@ async fn main() {
         "case", "p50 ms", "p99 ms", "classif/s", "peak batch"
     );
     let mut rates = Vec::new();
-    for (label, window_ms, max_batch, conc, per) in [
-        ("1 turn, batching on", 3, 16, 1, 100),
-        ("1 turn, no window", 0, 1, 1, 100),
-        ("16 turns, batching on", 3, 16, 16, 25),
-        ("16 turns, batching off", 0, 1, 16, 25),
+    for (label, window_ms, max_batch, conc, per, history) in [
+        ("1 turn, batching on", 3, 16, 1, 100, false),
+        ("1 turn, no window", 0, 1, 1, 100, false),
+        ("1 turn + 1 history turn", 3, 16, 1, 100, true),
+        ("16 turns, batching on", 3, 16, 16, 25, false),
+        ("16 turns, batching off", 0, 1, 16, 25, false),
+        ("16 turns + history, batched", 3, 16, 16, 25, true),
     ] {
         let model = ToolModel::load(&dir, None).expect("load");
         let service = ToolService::start(
@@ -89,9 +106,9 @@ async fn main() {
             },
         )
         .expect("start");
-        run(&service, conc, 3).await; // warm up
+        run(&service, conc, 3, history).await; // warm up
         let before = service.stats();
-        let (mut lat, rate) = run(&service, conc, per).await;
+        let (mut lat, rate) = run(&service, conc, per, history).await;
         let after = service.stats();
         let p50 = pct(&mut lat, 0.5);
         let p99 = pct(&mut lat, 0.99);
@@ -103,6 +120,6 @@ async fn main() {
     }
     println!(
         "batching gain at 16 turns: {:.2}x throughput (on/off)",
-        rates[2] / rates[3]
+        rates[3] / rates[4]
     );
 }
