@@ -9,6 +9,9 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# llama-server (scripts/build-llama-server.sh) needs a C++ compiler; vllm-router goes in a venv.
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

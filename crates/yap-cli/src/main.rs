@@ -54,6 +54,10 @@ enum Command {
         #[arg(long)]
         tool: bool,
     },
+    /// Runs a launched engine for `yap serve`: dies with it and takes the engine's processes
+    /// along (internal).
+    #[command(hide = true)]
+    EngineGuard(yap_remote::guard::GuardArgs),
     /// An OpenAI-compatible engine stand-in for tests (streams words; can stall, fail, die).
     #[cfg(feature = "dev-tools")]
     #[command(hide = true)]
@@ -164,6 +168,7 @@ async fn main() -> Result<()> {
             };
             println!("{}", path.display());
         }
+        Command::EngineGuard(args) => std::process::exit(yap_remote::guard::run(&args).await?),
         #[cfg(feature = "dev-tools")]
         Command::EngineDouble(args) => yap_testkit::double::run(&args).await?,
         #[cfg(feature = "dev-tools")]

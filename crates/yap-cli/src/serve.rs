@@ -16,7 +16,7 @@ use yap_llama::{EmbeddedArgs, LlamaEngine};
 use yap_remote::RemoteEngine;
 use yap_remote::args::{LaunchArgs, RemoteArgs};
 use yap_remote::remote::EngineFlavor;
-use yap_remote::supervise::{Supervisor, SupervisorConfig};
+use yap_remote::supervise::{SupervisedEngine, Supervisor, SupervisorConfig};
 use yap_server::{AppState, ServerConfig};
 use yap_tool::{ToolArgs, ToolModel, ToolService};
 
@@ -187,27 +187,30 @@ async fn start_engine(
     let mut remote_args = e.remote.clone();
     if matches!(e.kind, EngineKind::Vllm | EngineKind::Trt) && remote_args.engine_url.is_empty() {
         let sup = launch_engine(args).await?;
-        remote_args.engine_url = vec![format!(
-            "http://127.0.0.1:{}",
-            args.engine.launch.engine_port
-        )];
+        remote_args.engine_url = vec![format!("http://127.0.0.1:{}", e.launch.engine_port)];
         if remote_args.engine_model_name.is_none() {
             remote_args
                 .engine_model_name
-                .clone_from(&args.engine.launch.engine_model);
+                .clone_from(&e.launch.engine_model);
         }
         supervisor = Some(Arc::new(sup));
     }
     if remote_args.engine_url.is_empty() {
         bail!(
             "--engine {} needs --engine-url (ENGINE_URLS)",
-            args.engine.kind.name()
+            e.kind.name()
         );
     }
     let format = PromptFormat::new(model_text(&model_path)?)?;
-    let config = remote_args.config(args.engine.kind.flavor(), args.core.chat_max_len);
-    let engine = RemoteEngine::start(config).await?;
-    Ok((Arc::new(engine), format, supervisor))
+    let mut config = remote_args.config(e.kind.flavor(), args.core.chat_max_len);
+    // `--engine openai`: the parameter dialect comes from the engine itself.
+    config.detect_flavor = e.kind == EngineKind::Openai;
+    let remote = RemoteEngine::start(config).await?;
+    let engine: SharedEngine = match &supervisor {
+        Some(sup) => Arc::new(SupervisedEngine::new(remote, Arc::clone(sup))),
+        None => Arc::new(remote),
+    };
+    Ok((engine, format, supervisor))
 }
 
 /// Loads what the deploy mode needs into a core that is already serving (503 meanwhile).
@@ -321,15 +324,22 @@ async fn launch_engine(args: &ServeArgs) -> Result<Supervisor> {
         std::process::exit(0);
     }
     tracing::info!(command = %plan.command.join(" "), "launching engine");
-    let port = args.engine.launch.engine_port;
+    let launch = &args.engine.launch;
+    let port = launch.engine_port;
+    let guard = launch.guard_command().unwrap_or_else(|| {
+        tracing::warn!("no `yap` binary known for the engine guard (ENGINE_GUARD_BIN): the engine will not die with Yap if Yap is killed");
+        Vec::new()
+    });
     let sup = Supervisor::start(SupervisorConfig {
         command: plan.command,
+        guard,
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         health_url: format!("http://127.0.0.1:{port}/health"),
         label: kind.to_owned(),
-        startup_timeout: args.engine.launch.startup_timeout,
+        startup_timeout: launch.startup_timeout,
         backoff_initial: std::time::Duration::from_millis(250),
         backoff_max: std::time::Duration::from_secs(30),
-        grace: std::time::Duration::from_secs(10),
+        grace: launch.stop_grace,
     })
     .await?;
     Ok(sup)

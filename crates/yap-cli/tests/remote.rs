@@ -234,3 +234,38 @@ async fn yap_serves_as_the_remote_engine_of_another_yap() {
     front.stop().await;
     backend.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_are_per_phase_not_one_total_cap() {
+    // 40 tokens 40 ms apart: a 1.6 s reply through 0.5 s first-byte and chunk timeouts.
+    let d = double(40).await;
+    let r = server(&[
+        "--engine=openai",
+        &url(&d),
+        "--chat-max-out=40",
+        "--engine-first-byte-timeout-s=0.5",
+        "--engine-chunk-timeout-s=0.5",
+    ])
+    .await;
+    let mut ws = connect(&r).await;
+    let t0 = Instant::now();
+    send(&mut ws, start("slow", "hello", "long")).await;
+    let f = read_turn(&mut ws).await;
+    let last = f.last().unwrap();
+    assert_eq!(last["type"], "done", "{last}");
+    assert_eq!(last["usage"]["completion_tokens"], 40, "{last}");
+    assert!(t0.elapsed() > Duration::from_millis(1500));
+    // A replica that sends headers and then nothing: the turn ends after the chunk timeout.
+    let _ = http(d.addr, "POST", "/control/stall").await;
+    let t0 = Instant::now();
+    send(&mut ws, start("slow", "again", "stalled")).await;
+    let f = read_turn(&mut ws).await;
+    let last = f.last().unwrap();
+    assert_eq!(last["error_code"], "engine_unavailable", "{last}");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    r.stop().await;
+}

@@ -1,5 +1,8 @@
 //! `--engine vllm` with the engine double standing in for `vllm`: launch with derived
-//! arguments, health-gated readiness, restart after a crash, log capture, and no orphan.
+//! arguments, health-gated readiness, restart after a crash, log capture, and no process left
+//! behind — after a crash + restart, a stop, a SIGTERM and a SIGKILL of Yap — even of helpers
+//! the engine started (one in its process group, one in a session of its own); a taken engine
+//! port is refused.
 #![cfg(feature = "dev-tools")]
 #![allow(clippy::unwrap_used, clippy::too_many_lines, missing_docs)]
 
@@ -9,9 +12,64 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
+use yap_remote::procs;
 
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+const YAP: &str = env!("CARGO_BIN_EXE_yap");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until none of `pids` exists any more (not even as a zombie).
+async fn gone(pids: &[i32], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: Vec<_> = pids.iter().filter_map(|&p| procs::process(p)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: left behind {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The double's pid and its helpers' pids, from its `/stats`.
+async fn engine_pids(port: u16) -> (i32, Vec<i32>) {
+    let (_, stats) = http(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        "GET",
+        "/stats",
+    )
+    .await;
+    let pid = stats["pid"].as_i64().unwrap() as i32;
+    let helpers = stats["helpers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect();
+    (pid, helpers)
+}
+
+fn double_engine_args(port: u16, log: &std::path::Path) -> Vec<String> {
+    vec![
+        "--engine=vllm".into(),
+        "--engine-model=org/fake-model".into(),
+        format!("--engine-bin={YAP} engine-double --token-ms 2 --spawn-grandchild"),
+        format!("--engine-guard-bin={YAP}"),
+        format!("--engine-port={port}"),
+        format!("--log-file={}", log.display()),
+        "--engine-stop-grace-s=2".into(),
+        "--engine-health-interval-s=0.05".into(),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,6 +95,7 @@ async fn launched_engine_is_supervised_restarted_and_stopped() {
         "--chat-max-out=3000",
         "--chat-gpu-frac=0.7",
         "--kv-dtype=fp8",
+        &format!("--engine-guard-bin={}", env!("CARGO_BIN_EXE_yap")),
     ])
     .await;
     let sup = r.supervisor.clone().expect("supervised");
@@ -192,4 +251,154 @@ async fn check_command_refuses_12b_at_16k_on_24gb_and_accepts_80gb() {
         text.contains("fits") && text.contains("holds 17 full-length sequences"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_engine_process_outlives_a_crash_restart_or_a_stop() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("yap-tree-{}", std::process::id()));
+    let args = double_engine_args(port, &dir.join("server.log"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = server(&refs).await;
+    let sup = r.supervisor.clone().expect("supervised");
+    let group = sup.pgid();
+    let (engine, helpers) = engine_pids(port).await;
+    // The guard leads a process group of its own; the engine and one helper are in it, the
+    // other helper left it (setsid) but is still the guard's descendant.
+    assert_eq!(procs::process(group).unwrap().pgrp, group);
+    assert_ne!(
+        group,
+        procs::process(std::process::id() as i32).unwrap().pgrp
+    );
+    assert_eq!(procs::process(engine).unwrap().pgrp, group);
+    assert_eq!(procs::process(helpers[0]).unwrap().pgrp, group);
+    assert_ne!(procs::process(helpers[1]).unwrap().pgrp, group);
+    assert_eq!(sup.pid() as i32, engine);
+    // kill -9 of the engine: the supervisor restarts it, and nothing of the old one is left.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(engine),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(sup.restarts() >= 1 && sup.is_healthy()) {
+        assert!(Instant::now() < deadline, "no restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut old = vec![group, engine];
+    old.extend(&helpers);
+    gone(&old, "after kill -9 of the engine + restart").await;
+    assert!(procs::group_members(group).is_empty());
+    let group2 = sup.pgid();
+    let (engine2, helpers2) = engine_pids(port).await;
+    assert!(group2 != group && engine2 != engine);
+    assert_eq!(healthz(&r).await["status"], "ok");
+    // An orderly stop: the engine, both helpers and the guard are gone.
+    r.stop().await;
+    let mut new = vec![group2, engine2];
+    new.extend(&helpers2);
+    gone(&new, "after stop").await;
+    assert!(procs::group_members(group2).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `yap serve` as its own process, launching the double; returns it once healthy.
+async fn yap_process(port: u16, engine_port: u16, log: &std::path::Path) -> std::process::Child {
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--host=127.0.0.1".into(),
+        format!("--port={port}"),
+        format!("--api-key={KEY}"),
+        "--max-concurrent-connections=4".into(),
+        format!("--model={}", tiny_model().display()),
+        "--threads=1".into(),
+        "--deploy-mode=chat".into(),
+    ];
+    args.extend(double_engine_args(engine_port, log));
+    let mut child = std::process::Command::new(YAP)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let (code, body) = http(addr, "GET", "/healthz").await;
+            if code == 200 {
+                break;
+            }
+            // Listening at once: 503 with a reason while the engine starts.
+            if code == 503 {
+                assert_eq!(body["status"], "loading", "{body}");
+                assert!(
+                    body["reason"].as_str().is_some_and(|r| !r.is_empty()),
+                    "{body}"
+                );
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "yap exited early");
+        assert!(Instant::now() < deadline, "yap never became healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_or_sigkill_of_yap_leaves_no_engine_process() {
+    let dir = std::env::temp_dir().join(format!("yap-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for sig in [
+        nix::sys::signal::Signal::SIGKILL,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        let engine_port = free_port();
+        let mut yap = yap_process(free_port(), engine_port, &dir.join("server.log")).await;
+        let (engine, helpers) = engine_pids(engine_port).await;
+        let guard = procs::process(engine).unwrap().ppid;
+        assert_eq!(procs::process(guard).unwrap().ppid, yap.id() as i32);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(yap.id() as i32), sig).unwrap();
+        let status = yap.wait().unwrap();
+        let mut all = vec![guard, engine];
+        all.extend(&helpers);
+        gone(&all, &format!("after {sig} of yap ({status})")).await;
+        assert!(procs::group_members(guard).is_empty());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_engine_port_is_refused_at_start() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("yap-port-{}", std::process::id()));
+    let args = double_engine_args(port, &dir.join("server.log"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let Err(err) = try_server(&refs).await else {
+        panic!("started on a taken engine port");
+    };
+    let msg = format!("{err:#}");
+    assert!(msg.contains("already in use"), "{msg}");
+    // The binary exits non-zero with the message.
+    let mut argv: Vec<String> = vec![
+        "serve".into(),
+        "--host=127.0.0.1".into(),
+        "--port=0".into(),
+        format!("--api-key={KEY}"),
+        "--max-concurrent-connections=4".into(),
+        format!("--model={}", tiny_model().display()),
+        "--deploy-mode=chat".into(),
+    ];
+    argv.extend(args);
+    let out = std::process::Command::new(YAP)
+        .args(&argv)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    drop(holder);
+    let _ = std::fs::remove_dir_all(&dir);
 }

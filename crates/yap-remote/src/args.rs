@@ -101,6 +101,12 @@ pub struct LaunchArgs {
     /// Fit check: GPU compute capability ×10, e.g. 90 (default: nvidia-smi, else 90).
     #[arg(long, env = "GPU_SM")]
     pub gpu_sm: Option<u32>,
+    /// Launched engines: the `yap` binary that runs the engine guard (default: this binary).
+    #[arg(long, env = "ENGINE_GUARD_BIN", hide = true)]
+    pub engine_guard_bin: Option<PathBuf>,
+    /// Launched engines: seconds between SIGTERM and SIGKILL when the engine is stopped.
+    #[arg(long = "engine-stop-grace-s", env = "ENGINE_STOP_GRACE_S", default_value = "10", value_parser = parse_seconds)]
+    pub stop_grace: Duration,
     /// Seconds a launched engine may take to become healthy.
     #[arg(long = "engine-startup-timeout-s", env = "ENGINE_STARTUP_TIMEOUT_S", default_value = "900", value_parser = parse_seconds)]
     pub startup_timeout: Duration,
@@ -120,6 +126,19 @@ pub struct LaunchPlan {
     pub fit: Option<String>,
     /// TRT: the options file the command refers to.
     pub trt_options: bool,
+}
+
+impl LaunchArgs {
+    /// The guard program and its subcommand: `ENGINE_GUARD_BIN`, else this executable when it
+    /// is `yap`; `None` when neither is known (the engine then runs without a guard).
+    pub fn guard_command(&self) -> Option<Vec<String>> {
+        let bin = self.engine_guard_bin.clone().or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            let name = exe.file_name()?.to_str()?;
+            (name == "yap" || name.starts_with("yap-")).then_some(exe)
+        })?;
+        Some(vec![bin.display().to_string(), "engine-guard".into()])
+    }
 }
 
 /// GPU memory (GiB) and compute capability from nvidia-smi, when there is one.

@@ -127,6 +127,8 @@ pub fn vllm_command(cfg: &LaunchConfig) -> Result<Vec<String>, String> {
         s("--gpu-memory-utilization"),
         format!("{:.2}", cfg.gpu_frac),
         s("--enable-prefix-caching"),
+        // Without it vLLM never reports `usage.prompt_tokens_details.cached_tokens`.
+        s("--enable-prompt-tokens-details"),
     ];
     if let Some(q) = vllm_quantization(cfg)? {
         cmd.extend([s("--quantization"), q]);
@@ -258,7 +260,7 @@ mod tests {
             joined(vllm_command(&awq)),
             "vllm serve Qwen/Qwen3-8B-AWQ --host 127.0.0.1 --port 8001 --served-model-name Qwen/Qwen3-8B-AWQ \
              --max-model-len 8192 --gpu-memory-utilization 0.70 --enable-prefix-caching \
-             --quantization awq_marlin --kv-cache-dtype fp8 --max-num-seqs 32"
+             --enable-prompt-tokens-details --quantization awq_marlin --kv-cache-dtype fp8 --max-num-seqs 32"
         );
         let mut nemo = LaunchConfig::new("mistralai/Mistral-Nemo-Instruct-2407");
         nemo.quantization = Some("8bit".into());
@@ -266,7 +268,9 @@ mod tests {
         nemo.enforce_eager = true;
         let c = joined(vllm_command(&nemo));
         assert!(
-            c.ends_with("--enable-prefix-caching --quantization fp8 --enforce-eager"),
+            c.ends_with(
+                "--enable-prefix-caching --enable-prompt-tokens-details --quantization fp8 --enforce-eager"
+            ),
             "{c}"
         );
         let plain = joined(vllm_command(&LaunchConfig::new("Qwen/Qwen3-30B-A3B")));

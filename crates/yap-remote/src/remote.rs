@@ -26,15 +26,35 @@ use yap_engine_api::{
 /// Which server speaks at the other end (parameter names differ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineFlavor {
-    /// vLLM (`repetition_penalty`, `top_k` -1 = off).
+    /// vLLM (`repetition_penalty`, `top_k` -1 = off). Also Yap and unknown servers.
     #[default]
     Vllm,
-    /// SGLang (vLLM's names).
+    /// SGLang (vLLM's names; `top_k` -1 = off).
     Sglang,
-    /// llama.cpp's llama-server (`repeat_penalty`, `cache_prompt`).
+    /// llama.cpp's llama-server (`repeat_penalty`, `top_k` 0 = off, `cache_prompt`).
     LlamaServer,
-    /// TensorRT-LLM's trtllm-serve.
+    /// TensorRT-LLM's trtllm-serve (`repetition_penalty`; `top_k` left out when off: 0 / unset
+    /// is its "off", -1 is not).
     Trtllm,
+}
+
+impl EngineFlavor {
+    /// The flavor a `GET /v1/models` entry's `owned_by` names (`vllm`, `sglang`, `llamacpp`,
+    /// `tensorrt_llm`), if it names one.
+    pub fn from_owned_by(owned_by: &str) -> Option<Self> {
+        let o = owned_by.to_ascii_lowercase();
+        if o.contains("llama") {
+            Some(Self::LlamaServer)
+        } else if o.contains("sglang") {
+            Some(Self::Sglang)
+        } else if o.contains("tensorrt") || o.contains("trt") {
+            Some(Self::Trtllm)
+        } else if o.contains("vllm") {
+            Some(Self::Vllm)
+        } else {
+            None
+        }
+    }
 }
 
 /// Settings of a remote engine.
@@ -46,6 +66,9 @@ pub struct RemoteConfig {
     pub model: String,
     /// Parameter dialect.
     pub flavor: EngineFlavor,
+    /// Take the dialect from the engine (`owned_by` of `GET /v1/models`, else llama-server's
+    /// `GET /props`) instead of `flavor` (`--engine openai`).
+    pub detect_flavor: bool,
     /// Health path tried on each replica (`/health`; Yap answers it too).
     pub health_path: String,
     /// Time between health checks.
@@ -71,6 +94,7 @@ impl RemoteConfig {
             urls,
             model: String::new(),
             flavor: EngineFlavor::Vllm,
+            detect_flavor: false,
             health_path: "/health".into(),
             health_interval: Duration::from_secs(2),
             max_inflight_per_replica: 64,
@@ -104,12 +128,16 @@ impl Replica {
     }
 
     fn mark(&self, ok: bool, why: &str) {
+        let up = if ok { 1.0 } else { 0.0 };
+        metrics::gauge!("yap_engine_replica_healthy", "replica" => self.base.clone()).set(up);
         if self.healthy.swap(ok, Ordering::AcqRel) != ok {
             if ok {
                 info!(replica = %self.base, "replica healthy");
             } else {
                 warn!(replica = %self.base, reason = %why, "replica marked down");
             }
+        } else if !ok {
+            debug!(replica = %self.base, reason = %why, "replica still down");
         }
     }
 }
@@ -179,23 +207,42 @@ async fn check_health(shared: &Shared, r: &Replica) -> bool {
     ok
 }
 
-/// The first model id a replica lists at `GET /v1/models`.
-async fn served_model(shared: &Shared) -> Option<String> {
+/// A GET of JSON from the first replica that answers it.
+async fn get_json(shared: &Shared, path: &str) -> Option<Value> {
     for r in &shared.replicas {
-        let url = format!("{}/v1/models", r.base);
+        let url = format!("{}{path}", r.base);
         let mut get = shared.client.get(&url).timeout(Duration::from_secs(5));
         if let Some(key) = &shared.config.api_key {
             get = get.bearer_auth(key);
         }
         let Ok(resp) = get.send().await else { continue };
-        let Ok(v) = resp.json::<Value>().await else {
+        if !resp.status().is_success() {
             continue;
-        };
-        if let Some(id) = v.pointer("/data/0/id").and_then(Value::as_str) {
-            return Some(id.to_owned());
+        }
+        if let Ok(v) = resp.json::<Value>().await {
+            return Some(v);
         }
     }
     None
+}
+
+/// The first model a replica lists at `GET /v1/models`: its id and `owned_by`.
+async fn served_model(shared: &Shared) -> Option<(String, String)> {
+    let v = get_json(shared, "/v1/models").await?;
+    let id = v.pointer("/data/0/id").and_then(Value::as_str)?;
+    let owner = v.pointer("/data/0/owned_by").and_then(Value::as_str);
+    Some((id.to_owned(), owner.unwrap_or_default().to_owned()))
+}
+
+/// The engine's dialect from what it says about itself.
+async fn detect_flavor(shared: &Shared, owned_by: &str) -> Option<EngineFlavor> {
+    if let Some(f) = EngineFlavor::from_owned_by(owned_by) {
+        return Some(f);
+    }
+    // llama-server answers `GET /props` with its build and default generation settings.
+    let props = get_json(shared, "/props").await?;
+    (props.get("default_generation_settings").is_some() || props.get("build_info").is_some())
+        .then_some(EngineFlavor::LlamaServer)
 }
 
 impl RemoteEngine {
@@ -221,11 +268,27 @@ impl RemoteEngine {
         for r in &shared.replicas {
             check_health(&shared, r).await;
         }
+        let listed = if config.model.is_empty() || config.detect_flavor {
+            served_model(&shared).await
+        } else {
+            None
+        };
         if config.model.is_empty() {
-            config.model = served_model(&shared).await.unwrap_or_default();
-            info!(model = %config.model, "serving the engine's model (GET /v1/models)");
-            shared.config.model = config.model.clone();
+            config.model = listed.as_ref().map(|l| l.0.clone()).unwrap_or_default();
+            if config.model.is_empty() {
+                warn!("no model name given and the engine lists none at GET /v1/models");
+            } else {
+                info!(model = %config.model, "serving the engine's model (GET /v1/models)");
+            }
         }
+        if config.detect_flavor {
+            let owner = listed.as_ref().map(|l| l.1.as_str()).unwrap_or_default();
+            if let Some(f) = detect_flavor(&shared, owner).await {
+                config.flavor = f;
+            }
+            info!(flavor = ?config.flavor, owned_by = %owner, "engine dialect");
+        }
+        shared.config = config.clone();
         let shared = Arc::new(shared);
         let bg = Arc::clone(&shared);
         let health = tokio::spawn(async move {
@@ -317,9 +380,15 @@ fn request_body(config: &RemoteConfig, request: &EngineRequest) -> Value {
             body["top_k"] = json!(s.top_k.max(0));
             body["cache_prompt"] = json!(true);
         }
-        EngineFlavor::Vllm | EngineFlavor::Sglang | EngineFlavor::Trtllm => {
+        EngineFlavor::Vllm | EngineFlavor::Sglang => {
             body["repetition_penalty"] = json!(s.repetition_penalty);
             body["top_k"] = json!(if s.top_k > 0 { s.top_k } else { -1 });
+        }
+        EngineFlavor::Trtllm => {
+            body["repetition_penalty"] = json!(s.repetition_penalty);
+            if s.top_k > 0 {
+                body["top_k"] = json!(s.top_k);
+            }
         }
     }
     if let Some(seed) = s.seed {
@@ -336,11 +405,15 @@ async fn post(
     body: &Value,
 ) -> Result<reqwest::Response, (String, bool)> {
     let url = format!("{}/v1/completions", replica.base);
+    // One routing key, under every name a router reads: vllm-router's `consistent_hash` policy
+    // (`x-session-id`, or the body's `user`), sglang-router's `manual` policy
+    // (`x-smg-routing-key`), and Yap's own `x-yap-session`.
     let mut post = shared
         .client
         .post(&url)
         .header("x-yap-session", session)
         .header("x-session-id", session)
+        .header("x-smg-routing-key", session)
         .json(body);
     if let Some(key) = &shared.config.api_key {
         post = post.bearer_auth(key);
@@ -351,7 +424,7 @@ async fn post(
             Err((format!("{} sent no headers in time", replica.base), true))
         }
         Ok(Err(e)) => {
-            replica.mark(false, &e.to_string());
+            replica.mark(false, &format!("request failed: {e}"));
             Err((format!("{} unreachable: {e}", replica.base), true))
         }
         Ok(Ok(r)) if r.status().is_success() => Ok(r),
@@ -587,20 +660,77 @@ mod tests {
         assert_eq!(candidates(&s, "session-x")[0], natural[0]);
     }
 
-    const PINNED: u64 = 0;
+    /// FNV-1a 64 of `session-42` + separator + `http://a:1` + separator, computed independently
+    /// (Python: `h = (h ^ b) * 0x100000001b3 mod 2^64` per byte, `0xff` after each part).
+    const PINNED: u64 = 15_152_052_410_954_057_396;
 
     #[test]
     fn hash_is_pinned_across_builds() {
         // FNV-1a with a separator per part: these values must never change, or every deployed
         // session would move to another replica on upgrade.
         assert_eq!(fnv1a(&[b"session-42", b"http://a:1"]), PINNED);
-        let order = rendezvous_order("session-42", &["http://a:1", "http://b:1", "http://c:1"]);
         assert_eq!(
-            order,
-            rendezvous_order("session-42", &["http://a:1", "http://b:1", "http://c:1"])
+            fnv1a(&[b"session-42", b"http://b:1"]),
+            18_127_412_212_976_794_375
         );
-        assert_eq!(fnv1a(&[b"a"]), fnv1a(&[b"a"]));
+        assert_eq!(
+            fnv1a(&[b"session-42", b"http://c:1"]),
+            7_571_588_175_798_113_274
+        );
+        // So the placement of this session over these replicas is fixed too: b, a, c.
+        let order = rendezvous_order("session-42", &["http://a:1", "http://b:1", "http://c:1"]);
+        assert_eq!(order, vec![1, 0, 2]);
         assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn flavors_are_detected_from_owned_by() {
+        assert_eq!(
+            EngineFlavor::from_owned_by("vllm"),
+            Some(EngineFlavor::Vllm)
+        );
+        assert_eq!(
+            EngineFlavor::from_owned_by("sglang"),
+            Some(EngineFlavor::Sglang)
+        );
+        assert_eq!(
+            EngineFlavor::from_owned_by("llamacpp"),
+            Some(EngineFlavor::LlamaServer)
+        );
+        assert_eq!(
+            EngineFlavor::from_owned_by("tensorrt_llm"),
+            Some(EngineFlavor::Trtllm)
+        );
+        assert_eq!(EngineFlavor::from_owned_by("yap"), None);
+    }
+
+    #[test]
+    fn each_engine_gets_its_parameter_names() {
+        let mut req = EngineRequest {
+            cache_key: "s".into(),
+            prompt: vec![2, 5],
+            prompt_text: "x".into(),
+            sampling: yap_engine_api::SamplingParams::default(),
+            max_new_tokens: 4,
+        };
+        req.sampling.top_k = 0;
+        let mut c = RemoteConfig::new(vec!["http://x:1".into()]);
+        let body = |c: &RemoteConfig| request_body(c, &req);
+        c.flavor = EngineFlavor::Sglang;
+        assert_eq!(body(&c)["top_k"], -1);
+        assert!(body(&c).get("repetition_penalty").is_some());
+        c.flavor = EngineFlavor::Trtllm;
+        assert!(
+            body(&c).get("top_k").is_none(),
+            "trtllm-serve: -1 is not off"
+        );
+        assert!(body(&c).get("repetition_penalty").is_some());
+        c.flavor = EngineFlavor::LlamaServer;
+        assert_eq!(body(&c)["top_k"], 0);
+        assert_eq!(body(&c)["cache_prompt"], true);
+        req.sampling.top_k = 40;
+        c.flavor = EngineFlavor::Trtllm;
+        assert_eq!(request_body(&c, &req)["top_k"], 40);
     }
 
     #[test]
@@ -645,5 +775,59 @@ mod tests {
                 assert_eq!(two[rendezvous_order(&key, &two)[0]], bases[o3[0]]);
             }
         }
+    }
+    /// A `tracing` writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_replica_found_dead_by_a_request_is_marked_down_with_a_warning() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let s = Shared {
+            replicas: vec![Replica::new(&format!("http://127.0.0.1:{port}"))],
+            client: reqwest::Client::new(),
+            config: RemoteConfig::new(vec![]),
+            generations: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            cached: AtomicU64::new(0),
+        };
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            // Healthy as far as the health checker knows; the request finds it dead.
+            assert!(s.replicas[0].healthy.load(Ordering::Acquire));
+            let r = rt.block_on(post(&s, &s.replicas[0], "sess", &json!({})));
+            assert!(matches!(r, Err((_, true))));
+        });
+        assert!(!s.replicas[0].healthy.load(Ordering::Acquire));
+        let log = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            log.contains("WARN")
+                && log.contains("replica marked down")
+                && log.contains("request failed"),
+            "{log}"
+        );
     }
 }

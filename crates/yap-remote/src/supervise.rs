@@ -1,24 +1,45 @@
-//! Launching and supervising an external engine process (vLLM, trtllm-serve, ...): start it,
-//! wait for its health endpoint, copy its output into Yap's log (target `engine`), restart it with
-//! backoff when it dies, and stop it on shutdown (SIGTERM, then SIGKILL after a grace period).
+//! Launching and supervising an external engine process (vLLM, trtllm-serve, ...).
+//!
+//! - The engine runs under the engine guard (`yap engine-guard`, [`crate::guard`]) in a process
+//!   group of its own: the guard dies with Yap (`PR_SET_PDEATHSIG`) and takes every process the
+//!   engine started with it, even when Yap is killed with SIGKILL.
+//! - Start refuses when the engine port is already taken (an orphan from an earlier run, another
+//!   server): Yap would otherwise serve through a stranger while its own child crash-loops.
+//! - Yap waits for the engine's health endpoint, copies its output into Yap's log (target
+//!   `engine`), restarts it with backoff when it dies, and stops it on shutdown (SIGTERM to the
+//!   guard, which stops the engine and then its helpers; SIGKILL to the whole group after the
+//!   grace period).
+//!
+//! Invariant: after a restart or a stop, no process of the previous group is left; this is
+//! checked by walking `/proc`, and anything found is killed and logged.
 
+use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use tokio::sync::Notify;
-use tracing::{info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
 use yap_engine_api::EngineError;
+
+use crate::procs;
 
 /// How to run and watch a child engine.
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {
-    /// Program and arguments.
+    /// Program and arguments of the engine.
     pub command: Vec<String>,
+    /// The guard program and its leading arguments (`[yap, engine-guard]`); empty = run the
+    /// engine directly (no death signal; process-group kill only).
+    pub guard: Vec<String>,
+    /// The address the engine listens on (checked to be free before every start).
+    pub listen: SocketAddr,
     /// Health URL polled until it answers 2xx.
     pub health_url: String,
     /// Label of the child's lines in the log.
@@ -35,11 +56,13 @@ pub struct SupervisorConfig {
 
 #[derive(Debug, Default)]
 struct State {
-    pid: AtomicU32,
+    /// The guard's pid = the process group id (0 while none runs).
+    pgid: AtomicI32,
     healthy: AtomicBool,
     stopping: AtomicBool,
+    port_taken: AtomicBool,
     restarts: AtomicU64,
-    stop: Notify,
+    stop: CancellationToken,
 }
 
 /// A supervised child engine.
@@ -48,38 +71,62 @@ pub struct Supervisor {
     state: Arc<State>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     grace: Duration,
-}
-
-fn signal(pid: u32, sig: nix::sys::signal::Signal) {
-    if pid > 0 {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
-    }
+    guarded: bool,
 }
 
 async fn healthy(client: &reqwest::Client, url: &str) -> bool {
     matches!(client.get(url).timeout(Duration::from_secs(2)).send().await, Ok(r) if r.status().is_success())
 }
 
+/// Kills what is left of a process group (SIGKILL) and waits until it is gone; logs what had
+/// to be killed. Returns the pids that were still there.
+pub async fn clear_group(pgid: i32, label: &str) -> Vec<i32> {
+    if pgid <= 0 {
+        return Vec::new();
+    }
+    let left: Vec<i32> = procs::group_members(pgid).iter().map(|p| p.pid).collect();
+    if !left.is_empty() {
+        warn!(target: "engine", "[{label}] killing {} leftover process(es) of group {pgid}: {left:?}", left.len());
+    }
+    for _ in 0..100 {
+        if procs::group_members(pgid).is_empty() {
+            return left;
+        }
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let still: Vec<i32> = procs::group_members(pgid).iter().map(|p| p.pid).collect();
+    error!(target: "engine", "[{label}] processes of group {pgid} survive SIGKILL: {still:?}");
+    left
+}
+
 impl Supervisor {
-    /// Starts the child and waits until it is healthy (or the startup timeout passes).
+    /// Starts the child and waits until it is healthy (or the startup timeout passes). Fails at
+    /// once when the engine's port is already in use.
     pub async fn start(cfg: SupervisorConfig) -> Result<Self, EngineError> {
         if cfg.command.is_empty() {
             return Err(EngineError::Unavailable("empty engine command".into()));
+        }
+        if procs::port_in_use(cfg.listen) {
+            return Err(EngineError::Unavailable(format!(
+                "the engine port {} is already in use (an engine left over from an earlier run, or another server): stop that process or choose another ENGINE_PORT",
+                cfg.listen
+            )));
         }
         let state = Arc::new(State::default());
         let task_state = Arc::clone(&state);
         let task_cfg = cfg.clone();
         let task = tokio::spawn(async move { supervise(task_cfg, task_state).await });
+        let sup = Self {
+            state,
+            task: Mutex::new(Some(task)),
+            grace: cfg.grace,
+            guarded: !cfg.guard.is_empty(),
+        };
         let deadline = Instant::now() + cfg.startup_timeout;
-        while !state.healthy.load(Ordering::Acquire) {
+        while !sup.state.healthy.load(Ordering::Acquire) {
             if Instant::now() > deadline {
-                state.stopping.store(true, Ordering::Release);
-                state.stop.notify_waiters();
-                signal(
-                    state.pid.load(Ordering::Acquire),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                task.abort();
+                sup.stop().await;
                 return Err(EngineError::Unavailable(format!(
                     "`{}` did not become healthy at {} within {:?}",
                     cfg.command.join(" "),
@@ -89,11 +136,7 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Self {
-            state,
-            task: Mutex::new(Some(task)),
-            grace: cfg.grace,
-        })
+        Ok(sup)
     }
 
     /// Whether the child is running and healthy.
@@ -101,27 +144,48 @@ impl Supervisor {
         self.state.healthy.load(Ordering::Acquire)
     }
 
+    /// Whether the last start found the engine port taken by another process.
+    pub fn port_taken(&self) -> bool {
+        self.state.port_taken.load(Ordering::Acquire)
+    }
+
     /// Restarts so far.
     pub fn restarts(&self) -> u64 {
         self.state.restarts.load(Ordering::Acquire)
     }
 
-    /// The child's process id (0 while none runs).
-    pub fn pid(&self) -> u32 {
-        self.state.pid.load(Ordering::Acquire)
+    /// The process group of the running engine (the guard's pid; 0 while none runs).
+    pub fn pgid(&self) -> i32 {
+        self.state.pgid.load(Ordering::Acquire)
     }
 
-    /// Stops the child: SIGTERM, then SIGKILL after the grace period; no restart follows.
+    /// The engine's process id: the guard's child (0 while none runs).
+    pub fn pid(&self) -> u32 {
+        let pgid = self.pgid();
+        if pgid <= 0 || !self.guarded {
+            return pgid.max(0) as u32;
+        }
+        let kids = procs::descendants(pgid);
+        kids.iter()
+            .find(|p| p.ppid == pgid && p.pgrp == pgid)
+            .map_or(pgid as u32, |p| p.pid as u32)
+    }
+
+    /// Stops the child: SIGTERM to the guard (which stops the engine, then its helpers), SIGKILL
+    /// to the whole group after the grace period; waits until no process of the group is left.
     pub async fn stop(&self) {
         self.state.stopping.store(true, Ordering::Release);
-        self.state.stop.notify_waiters();
-        let pid = self.pid();
-        signal(pid, nix::sys::signal::Signal::SIGTERM);
+        self.state.stop.cancel();
         let task = self.task.lock().ok().and_then(|mut t| t.take());
         if let Some(mut task) = task
-            && tokio::time::timeout(self.grace, &mut task).await.is_err()
+            && tokio::time::timeout(self.grace * 2 + Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
         {
-            signal(self.pid().max(pid), nix::sys::signal::Signal::SIGKILL);
+            let pgid = self.pgid();
+            if pgid > 0 {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
@@ -129,10 +193,111 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        // Never leave an orphan behind, even without an orderly stop.
+        // Never leave an orphan behind, even without an orderly stop: the guard stops the
+        // engine and everything it started (also what left the group); without a guard, the
+        // group is killed.
         self.state.stopping.store(true, Ordering::Release);
-        signal(self.pid(), nix::sys::signal::Signal::SIGKILL);
+        self.state.stop.cancel();
+        let pgid = self.pgid();
+        if pgid > 0 {
+            if self.guarded {
+                let _ = kill(Pid::from_raw(pgid), Signal::SIGTERM);
+            } else {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+        }
     }
+}
+
+/// Copies a pipe of the child into Yap's log, line by line.
+fn forward_output(pipe: Option<impl tokio::io::AsyncRead + Send + Unpin + 'static>, label: &str) {
+    let Some(pipe) = pipe else { return };
+    let label = label.to_owned();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            info!(target: "engine", "[{label}] {l}");
+        }
+    });
+}
+
+/// The full command line: guard (with its arguments) + engine.
+fn full_command(cfg: &SupervisorConfig) -> Vec<String> {
+    if cfg.guard.is_empty() {
+        return cfg.command.clone();
+    }
+    let mut cmd = cfg.guard.clone();
+    cmd.push(format!("--parent={}", std::process::id()));
+    cmd.push(format!("--grace-s={}", cfg.grace.as_secs_f64()));
+    cmd.push("--".into());
+    cmd.extend(cfg.command.iter().cloned());
+    cmd
+}
+
+/// How one run of the child ended.
+enum RunEnd {
+    /// It exited by itself.
+    Exited(Option<std::process::ExitStatus>),
+    /// It was stopped.
+    Stopped,
+}
+
+/// Watches a running child: health while it runs, until it exits or we stop.
+async fn watch(
+    cfg: &SupervisorConfig,
+    state: &State,
+    client: &reqwest::Client,
+    child: &mut tokio::process::Child,
+    pgid: i32,
+) -> RunEnd {
+    loop {
+        tokio::select! {
+            status = child.wait() => return RunEnd::Exited(status.ok()),
+            () = state.stop.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                let ok = healthy(client, &cfg.health_url).await;
+                state.healthy.store(ok, Ordering::Release);
+            }
+        }
+    }
+    state.healthy.store(false, Ordering::Release);
+    if cfg.guard.is_empty() {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+    } else {
+        // The guard stops the engine, then whatever it started.
+        let _ = kill(Pid::from_raw(pgid), Signal::SIGTERM);
+    }
+    // The guard has the grace period for the engine and again for its helpers.
+    if tokio::time::timeout(cfg.grace * 2 + Duration::from_secs(2), child.wait())
+        .await
+        .is_err()
+    {
+        warn!(target: "engine", "[{}] did not stop within the grace period: SIGKILL", cfg.label);
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    RunEnd::Stopped
+}
+
+/// Starts one run: checks the port, spawns the guard + engine in a new process group.
+fn spawn(cfg: &SupervisorConfig, state: &State) -> Result<tokio::process::Child, String> {
+    if procs::port_in_use(cfg.listen) {
+        state.port_taken.store(true, Ordering::Release);
+        return Err(format!(
+            "the engine port {} is taken by another process; not starting the engine",
+            cfg.listen
+        ));
+    }
+    state.port_taken.store(false, Ordering::Release);
+    let full = full_command(cfg);
+    let mut cmd = Command::new(&full[0]);
+    cmd.args(&full[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd.spawn()
+        .map_err(|e| format!("cannot start `{}`: {e}", full[0]))
 }
 
 async fn supervise(cfg: SupervisorConfig, state: Arc<State>) {
@@ -142,78 +307,109 @@ async fn supervise(cfg: SupervisorConfig, state: Arc<State>) {
         if state.stopping.load(Ordering::Acquire) {
             return;
         }
-        let mut cmd = Command::new(&cfg.command[0]);
-        cmd.args(&cfg.command[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
         let started = Instant::now();
-        let mut child = match cmd.spawn() {
+        let mut child = match spawn(&cfg, &state) {
             Ok(c) => c,
             Err(e) => {
-                warn!(target: "engine", "[{}] cannot start `{}`: {e}", cfg.label, cfg.command[0]);
-                tokio::time::sleep(backoff).await;
+                error!(target: "engine", "[{}] {e}", cfg.label);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = state.stop.cancelled() => return,
+                }
                 backoff = (backoff * 2).min(cfg.backoff_max);
                 continue;
             }
         };
-        let pid = child.id().unwrap_or(0);
-        state.pid.store(pid, Ordering::Release);
-        info!(target: "engine", "[{}] started pid {pid}: {}", cfg.label, cfg.command.join(" "));
-        for pipe in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let label = cfg.label.clone();
-            tokio::spawn(async move {
-                // The child's output joins Yap's own log (one file, see `LOG_FILE`).
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    info!(target: "engine", "[{label}] {l}");
-                }
-            });
-        }
-        // Watch: health while it runs, until it exits or we stop.
-        let exit = loop {
-            tokio::select! {
-                status = child.wait() => break status.ok(),
-                _ = state.stop.notified() => {
-                    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-                    state.healthy.store(false, Ordering::Release);
-                    state.pid.store(0, Ordering::Release);
-                    return;
-                }
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    let ok = healthy(&client, &cfg.health_url).await;
-                    state.healthy.store(ok, Ordering::Release);
-                }
-            }
-        };
+        let pgid = child.id().map_or(0, |p| p as i32);
+        state.pgid.store(pgid, Ordering::Release);
+        info!(target: "engine", "[{}] started (process group {pgid}): {}", cfg.label, cfg.command.join(" "));
+        forward_output(child.stdout.take(), &cfg.label);
+        forward_output(child.stderr.take(), &cfg.label);
+        let end = watch(&cfg, &state, &client, &mut child, pgid).await;
         state.healthy.store(false, Ordering::Release);
-        state.pid.store(0, Ordering::Release);
+        clear_group(pgid, &cfg.label).await;
+        state.pgid.store(0, Ordering::Release);
+        let RunEnd::Exited(exit) = end else { return };
         if state.stopping.load(Ordering::Acquire) {
             return;
         }
         let ran = started.elapsed();
         warn!(target: "engine", "[{}] exited ({exit:?}) after {ran:.1?}; restarting in {backoff:?}", cfg.label);
         state.restarts.fetch_add(1, Ordering::AcqRel);
+        metrics::counter!("yap_engine_restarts_total").increment(1);
         if ran > Duration::from_secs(60) {
             backoff = cfg.backoff_initial;
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = state.stop.notified() => return,
+            () = tokio::time::sleep(backoff) => {}
+            () = state.stop.cancelled() => return,
         }
         backoff = (backoff * 2).min(cfg.backoff_max);
+    }
+}
+
+/// A launched engine as Yap serves it: the remote engine that talks to it, ready only while
+/// Yap's own child is running and healthy (never through a stranger holding the port).
+pub struct SupervisedEngine {
+    inner: crate::RemoteEngine,
+    supervisor: Arc<Supervisor>,
+}
+
+impl std::fmt::Debug for SupervisedEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisedEngine")
+            .field("supervisor", &self.supervisor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SupervisedEngine {
+    /// Wraps the remote engine of a launched child.
+    pub fn new(inner: crate::RemoteEngine, supervisor: Arc<Supervisor>) -> Self {
+        Self { inner, supervisor }
+    }
+
+    fn down(&self) -> Option<String> {
+        if self.supervisor.is_healthy() {
+            None
+        } else if self.supervisor.port_taken() {
+            Some(
+                "the engine port is held by another process; the launched engine cannot start"
+                    .into(),
+            )
+        } else {
+            Some("the launched engine is (re)starting".into())
+        }
+    }
+}
+
+impl yap_engine_api::ChatEngine for SupervisedEngine {
+    fn info(&self) -> yap_engine_api::EngineInfo {
+        self.inner.info()
+    }
+
+    fn readiness(&self) -> yap_engine_api::Readiness {
+        match self.down() {
+            Some(why) => yap_engine_api::Readiness::Down(why),
+            None => self.inner.readiness(),
+        }
+    }
+
+    fn generate(
+        &self,
+        request: yap_engine_api::EngineRequest,
+    ) -> Result<yap_engine_api::GenerationStream, EngineError> {
+        match self.down() {
+            Some(why) => Err(EngineError::Unavailable(why)),
+            None => self.inner.generate(request),
+        }
+    }
+
+    fn release(&self, cache_key: &str) {
+        self.inner.release(cache_key);
+    }
+
+    fn stats(&self) -> yap_engine_api::EngineStats {
+        self.inner.stats()
     }
 }

@@ -32,6 +32,11 @@ pub struct DoubleArgs {
     /// Milliseconds between streamed tokens.
     #[arg(long, default_value_t = 2)]
     pub token_ms: u64,
+    /// Start two helper processes like a real engine's workers (`sleep`): one in the double's
+    /// process group and one in a session of its own (`setsid`), which no group kill reaches.
+    /// Their pids are listed at `GET /stats` (`helpers`).
+    #[arg(long)]
+    pub spawn_grandchild: bool,
     /// Anything else (engine-style arguments when launched as a fake `vllm serve`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     pub rest: Vec<String>,
@@ -45,6 +50,9 @@ struct DoubleState {
     requests: AtomicU64,
     sessions: Mutex<HashMap<String, u64>>,
     last: Mutex<Value>,
+    helpers: Vec<u32>,
+    /// Kept, never waited for: cleaning them up is the supervisor's job.
+    _helper_children: Vec<std::process::Child>,
 }
 
 struct ActiveGuard(Arc<DoubleState>);
@@ -97,6 +105,8 @@ async fn stats(State(s): State<Arc<DoubleState>>) -> Response {
         "requests": s.requests.load(Ordering::Acquire),
         "sessions": sessions,
         "mode": mode(&s),
+        "pid": std::process::id(),
+        "helpers": s.helpers,
     }))
     .into_response()
 }
@@ -173,11 +183,33 @@ async fn completions(
     Sse::new(flat).into_response()
 }
 
+/// Starts the helper processes of `--spawn-grandchild`; they are never waited for (the point
+/// is that someone else must clean them up).
+fn spawn_helpers() -> Result<Vec<std::process::Child>> {
+    let mut children = Vec::new();
+    for argv in [&["sleep", "3600"][..], &["setsid", "sleep", "3600"][..]] {
+        let child = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {argv:?}"))?;
+        children.push(child);
+    }
+    Ok(children)
+}
+
 /// Serves until killed.
 pub async fn run(args: &DoubleArgs) -> Result<()> {
+    let helpers = if args.spawn_grandchild {
+        spawn_helpers()?
+    } else {
+        Vec::new()
+    };
     let state = Arc::new(DoubleState {
         mode: Mutex::new("ok".into()),
         token_ms: args.token_ms,
+        helpers: helpers.iter().map(std::process::Child::id).collect(),
+        _helper_children: helpers,
         ..DoubleState::default()
     });
     let app = Router::new()
