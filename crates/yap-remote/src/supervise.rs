@@ -337,6 +337,7 @@ async fn supervise(cfg: SupervisorConfig, state: Arc<State>) {
         warn!(target: "engine", "[{}] exited ({exit:?}) after {ran:.1?}; restarting in {backoff:?}", cfg.label);
         state.restarts.fetch_add(1, Ordering::AcqRel);
         metrics::counter!("yap_engine_restarts_total").increment(1);
+        metrics::counter!("yap_engine_restarts_total").increment(1);
         if ran > Duration::from_secs(60) {
             backoff = cfg.backoff_initial;
         }

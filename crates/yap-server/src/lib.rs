@@ -10,6 +10,7 @@ pub mod auth;
 mod http;
 pub mod limits;
 pub mod listen;
+pub mod metrics;
 mod openai;
 pub mod ws;
 
@@ -106,6 +107,13 @@ pub struct ServerConfig {
         default_value_t = 512
     )]
     pub max_pending: usize,
+    /// Key for `GET /metrics` (unset: open, like `/healthz`).
+    #[arg(long, env = "METRICS_API_KEY", hide_env_values = true)]
+    pub metrics_api_key: Option<String>,
+    /// Comma-separated CIDRs (or addresses) allowed to read `/healthz`; others get 403
+    /// (unset: anyone).
+    #[arg(long = "health-allowed-cidrs", env = "HEALTH_ALLOWED_CIDRS", value_parser = http::parse_cidrs)]
+    pub health_allowed_cidrs: Option<http::Cidrs>,
 }
 
 /// Rate limits (a limit or window of 0 disables it).
@@ -186,6 +194,7 @@ pub struct AppState {
     slots: Arc<Semaphore>,
     auth: Arc<auth::AuthGuard>,
     persona_updates: Arc<Mutex<limits::KeyedWindows>>,
+    metrics_auth: Option<Arc<auth::AuthGuard>>,
     shutdown: CancellationToken,
 }
 
@@ -200,12 +209,24 @@ impl AppState {
             l.auth_failures_window.unwrap_or(l.shared_window),
         );
         let persona = limits::KeyedWindows::new(l.persona_updates, l.persona_updates_window);
+        let metrics_auth = config
+            .metrics_api_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                Arc::new(auth::AuthGuard::new(
+                    k,
+                    l.auth_failures,
+                    l.auth_failures_window.unwrap_or(l.shared_window),
+                ))
+            });
         Self {
             core,
             config: Arc::new(config),
             slots,
             auth: Arc::new(auth),
             persona_updates: Arc::new(Mutex::new(persona)),
+            metrics_auth,
             shutdown: CancellationToken::new(),
         }
     }
@@ -220,6 +241,11 @@ impl AppState {
         &self.core
     }
 
+    /// `SHUTDOWN_GRACE_S`.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.config.shutdown_grace
+    }
+
     /// Cancelled when the server shuts down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -231,6 +257,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(http::healthz))
         .route("/health", get(http::healthz))
+        .route("/metrics", get(metrics::handler))
         .route("/ws", get(ws::handler))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
@@ -258,7 +285,7 @@ pub async fn serve(
 
 /// The address a listener is bound to, for logs.
 pub fn describe(addr: SocketAddr) -> String {
-    format!("ws://{addr}/ws, http://{addr}/healthz, http://{addr}/v1")
+    format!("ws://{addr}/ws, http://{addr}/healthz, http://{addr}/v1, http://{addr}/metrics")
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! - at most `MAX_PENDING_CONNECTIONS` connections are held before their upgrade; a new one
 //!   beyond that evicts the oldest idle one (so a flood of idle sockets cannot lock out a real
 //!   client), or is closed at once when none is idle;
-//! - running out of file descriptors evicts the oldest idle connection instead of stalling.
+//! - running out of file descriptors evicts the oldest idle connection instead of stalling;
+//! - on shutdown, idle connections close at once and a request in progress finishes its
+//!   response (a streamed completion is cut by `SHUTDOWN_GRACE_S` with a terminal event).
 //!   Upgraded WebSockets are not counted here (they hold a connection slot instead).
 
 use std::collections::BTreeMap;
@@ -137,9 +139,13 @@ impl Table {
         self.lock().len()
     }
 
-    fn kill_all(&self) {
+    /// Closes every connection with no request in progress (busy ones finish their response
+    /// under hyper's graceful shutdown).
+    fn kill_idle(&self) {
         for p in self.lock().values() {
-            p.kill.cancel();
+            if p.activity.idle_for().is_some() {
+                p.kill.cancel();
+            }
         }
     }
 }
@@ -191,7 +197,7 @@ pub async fn serve(
             }
         }
     }
-    table.kill_all();
+    table.kill_idle();
     Ok(())
 }
 

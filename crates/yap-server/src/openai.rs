@@ -93,10 +93,13 @@ impl From<TurnError> for ApiError {
 
 fn authorize(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
     let presented = auth::presented_key(headers, &std::collections::HashMap::new());
-    match state
+    let verdict = state
         .auth
-        .check(&peer.ip().to_string(), presented.as_deref())
-    {
+        .check(&peer.ip().to_string(), presented.as_deref());
+    if verdict != Verdict::Ok {
+        crate::metrics::auth_failure("http");
+    }
+    match verdict {
         Verdict::Ok => Ok(()),
         Verdict::Denied => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -123,14 +126,17 @@ async fn acquire_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePer
     .await
     {
         Ok(Ok(permit)) => Ok(permit),
-        _ => Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            format!(
-                "server at capacity ({} connections); retry with backoff",
-                state.config.max_connections()
-            ),
-        )),
+        _ => {
+            crate::metrics::capacity_refusal("http");
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!(
+                    "server at capacity ({} connections); retry with backoff",
+                    state.config.max_connections()
+                ),
+            ))
+        }
     }
 }
 
@@ -426,10 +432,34 @@ impl Shape {
                 let err = json!({"error": {"message": e.message, "type": "server_error", "code": "engine_unavailable"}});
                 (vec![data(err), Event::default().data("[DONE]")], true)
             }
+            TurnFrame::Cancelled(CancelReason::Shutdown) => {
+                let err = json!({"error": {"message": "the server is shutting down; retry", "type": "server_error", "code": "server_shutdown"}});
+                (vec![data(err), Event::default().data("[DONE]")], true)
+            }
             TurnFrame::Cancelled(_) => (Vec::new(), true),
             _ => (Vec::new(), false),
         }
     }
+}
+
+/// On shutdown, a completion runs on for up to `SHUTDOWN_GRACE_S`, then is cancelled (its stream
+/// ends with an error event and `[DONE]`).
+fn drain_on_shutdown(state: &AppState, turn: &TurnHandle) {
+    let (stop, grace, turn) = (
+        state.shutdown.clone(),
+        state.config.shutdown_grace,
+        turn.clone(),
+    );
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = turn.wait() => {}
+            () = stop.cancelled() => {
+                if tokio::time::timeout(grace, turn.wait()).await.is_err() {
+                    turn.cancel(CancelReason::Shutdown);
+                }
+            }
+        }
+    });
 }
 
 fn sse(running: Running, shape: Shape, include_usage: bool) -> Response {
@@ -511,6 +541,7 @@ async fn run(
     let (tx, rx) = mpsc::channel(state.config.max_queued_frames.max(16));
     let max = input.max_tokens.or(Some(state.core.config().chat_max_out));
     let turn = state.core.complete(input, Arc::new(tx));
+    drain_on_shutdown(&state, &turn);
     let prefix = if kind == Kind::Chat {
         "chatcmpl"
     } else {

@@ -234,6 +234,7 @@ fn worker(
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters.classified.fetch_add(n, Ordering::Relaxed);
         counters.peak_batch.fetch_max(n, Ordering::Relaxed);
+        metrics::histogram!("yap_tool_batch_size").record(n as f64);
         debug!(
             batch = n,
             ms = t.elapsed().as_secs_f64() * 1e3,

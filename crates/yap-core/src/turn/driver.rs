@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use tracing::{debug, warn};
+use tracing::{Instrument, Span, debug, warn};
 use yap_engine_api::{EngineEvent, EngineRequest, GenerationStream, SamplingParams};
 use yap_protocol::Usage;
 
 use super::output::Output;
+use super::telemetry;
 use super::{CancelReason, FrameSink, TurnControl, TurnError, TurnErrorKind, TurnOutcome};
 use crate::prompt::{ChatMessage, Role, StopFilter};
 use crate::sanitize::Sanitizer;
@@ -45,21 +46,29 @@ fn classify(
     t0: Instant,
 ) -> VerdictFuture {
     let core = Arc::clone(core);
-    Box::pin(async move {
+    let span = telemetry::tool_span(&Span::current());
+    let verdict = async move {
         match tokio::time::timeout(core.config.tool_timeout, tool.classify(input)).await {
-            Ok(Ok(v)) => Verdict::Decided(ToolDecision::from_verdict(&v, core.threshold(), ms(t0))),
+            Ok(Ok(v)) => {
+                let d = ToolDecision::from_verdict(&v, core.threshold(), ms(t0));
+                Span::current().record("decision", d.yes);
+                Verdict::Decided(d)
+            }
             Ok(Err(e)) => {
                 core.counters.tool_failures.fetch_add(1, Ordering::Relaxed);
+                telemetry::tool_failure();
                 warn!(error = %e, "tool classification failed");
                 Verdict::Failed(e)
             }
             Err(_) => {
                 core.counters.tool_timeouts.fetch_add(1, Ordering::Relaxed);
+                telemetry::tool_timeout();
                 warn!(timeout = ?core.config.tool_timeout, "tool decision timed out; treating it as no");
                 Verdict::Decided(ToolDecision::fallback_no("timeout", ms(t0)))
             }
         }
-    })
+    };
+    Box::pin(verdict.instrument(span))
 }
 
 /// The screen prefixes in effect for a session.
@@ -131,28 +140,44 @@ impl TextPipe {
     }
 }
 
-/// A running generation of a turn.
+/// A running generation of a turn (with its trace spans: prefill until the first event, then
+/// decode until the end).
 struct Chat {
     stream: GenerationStream,
     pipe: TextPipe,
     prompt_tokens: u32,
     pieces: u32,
     done: bool,
+    spans: (Option<Span>, Option<Span>),
 }
 
 impl Chat {
     fn new(stream: GenerationStream, pipe: TextPipe, prompt_tokens: usize) -> Self {
+        let prefill = telemetry::prefill_span(&Span::current(), prompt_tokens);
         Self {
             stream,
             pipe,
             prompt_tokens: prompt_tokens as u32,
             pieces: 0,
             done: false,
+            spans: (Some(prefill), None),
         }
     }
 
     /// Feeds one engine event into the output.
     fn on_event(&mut self, ev: Option<EngineEvent>, out: &mut Out) {
+        if self.spans.0.take().is_some() {
+            self.spans.1 = Some(telemetry::decode_span(&Span::current()));
+        }
+        self.on_engine_event(ev, out);
+        if self.done
+            && let Some(decode) = self.spans.1.take()
+        {
+            decode.record("pieces", self.pieces);
+        }
+    }
+
+    fn on_engine_event(&mut self, ev: Option<EngineEvent>, out: &mut Out) {
         match ev {
             Some(EngineEvent::Text(raw)) => {
                 self.pieces += 1;
@@ -225,6 +250,7 @@ pub(crate) async fn run(
 ) {
     core.counters.running.fetch_add(1, Ordering::Relaxed);
     let mode = core.config.deploy_mode;
+    let dialect = input.label;
     let mut out: Out = Output::new(sink, mode.has_tool(), input.final_frame, t0);
     let result = drive(&core, &cell, input, &mut out, &ctl, t0).await;
     if !out.is_terminal() {
@@ -235,6 +261,7 @@ pub(crate) async fn run(
         _ => TurnOutcome::Failed,
     };
     record(&core, &cell, mode, result, &out, outcome);
+    telemetry::turn_ended(dialect, &out.marks(), out.terminal(), &Span::current());
     core.counters.running.fetch_sub(1, Ordering::Relaxed);
     debug!(session = %cell.key(), ?outcome, chars = out.reply().len(), "turn ended");
     let _ = ctl.finished.send(Some(outcome));
@@ -263,7 +290,10 @@ async fn drive(
     let prefixes = Prefixes::of(core, &session);
     let utterance = input.utterance.trim().to_owned();
     if core.config.deploy_mode.has_tool() && core.tool().is_none() {
-        out.fail_now(TurnError::new(TurnErrorKind::EngineUnavailable, "the tool model is still loading"));
+        out.fail_now(TurnError::new(
+            TurnErrorKind::EngineUnavailable,
+            "the tool model is still loading",
+        ));
         return ChatResult::default();
     }
     let verdict = core.tool().cloned().map(|tool| {
@@ -335,7 +365,10 @@ async fn start_chat(
     yes: bool,
 ) -> Result<(Chat, String, Option<Vec<ChatMessage>>), TurnError> {
     let Some(format) = core.format().cloned() else {
-        return Err(TurnError::new(TurnErrorKind::EngineUnavailable, "the chat model is still loading"));
+        return Err(TurnError::new(
+            TurnErrorKind::EngineUnavailable,
+            "the chat model is still loading",
+        ));
     };
     let budget = core.budget();
     let (persona, history, raw) = (
@@ -367,8 +400,7 @@ async fn start_chat(
         max_new_tokens: core.config.chat_max_out,
     })?;
     let stops = core
-        .format
-        .as_ref()
+        .format()
         .map(|f| f.stops().to_vec())
         .unwrap_or_default();
     let kept = fitted.trimmed.then_some(fitted.history);
@@ -533,6 +565,7 @@ pub(crate) async fn run_completion(
         }
         Err(e) => out.fail(e),
     }
+    telemetry::turn_ended("openai", &out.marks(), out.terminal(), &Span::current());
     core.counters.running.fetch_sub(1, Ordering::Relaxed);
     let outcome = match out.phase() {
         super::output::Phase::Terminal(o) => o,
@@ -548,7 +581,10 @@ async fn start_completion(
 ) -> Result<Chat, TurnError> {
     let invalid = |m: String| TurnError::new(TurnErrorKind::InvalidRequest, m);
     let Some(format) = core.format().cloned() else {
-        return Err(TurnError::new(TurnErrorKind::EngineUnavailable, "no chat model is loaded"));
+        return Err(TurnError::new(
+            TurnErrorKind::EngineUnavailable,
+            "no chat model is loaded",
+        ));
     };
     let (messages, raw, ids) = (
         input.messages.clone(),
@@ -586,6 +622,10 @@ async fn start_completion(
         max_new_tokens: max_new as u32,
     })?;
     let mut stops = input.stop;
-    stops.extend(core.format().map(|f| f.stops().to_vec()).unwrap_or_default());
+    stops.extend(
+        core.format()
+            .map(|f| f.stops().to_vec())
+            .unwrap_or_default(),
+    );
     Ok(Chat::new(stream, TextPipe::new(stops, None), n))
 }

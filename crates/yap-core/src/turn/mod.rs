@@ -8,6 +8,7 @@
 
 pub mod driver;
 pub mod output;
+pub mod telemetry;
 
 use std::sync::{Arc, Mutex};
 
@@ -164,6 +165,7 @@ pub enum TurnOutcome {
 #[derive(Debug, Clone)]
 pub struct TurnHandle {
     id: u64,
+    label: &'static str,
     cancel: CancellationToken,
     reason: Arc<Mutex<CancelReason>>,
     finished: watch::Receiver<Option<TurnOutcome>>,
@@ -186,13 +188,14 @@ impl TurnControl {
 
 impl TurnHandle {
     /// A handle and its control half.
-    pub(crate) fn new(id: u64) -> (Self, TurnControl) {
+    pub(crate) fn new(id: u64, label: &'static str) -> (Self, TurnControl) {
         let cancel = CancellationToken::new();
         let reason = Arc::new(Mutex::new(CancelReason::Requested));
         let (tx, rx) = watch::channel(None);
         (
             Self {
                 id,
+                label,
                 cancel: cancel.clone(),
                 reason: Arc::clone(&reason),
                 finished: rx,
@@ -239,9 +242,15 @@ impl TurnHandle {
         }
     }
 
-    /// Cancels and waits.
+    /// Cancels and waits (the time to the terminal frame is recorded as cancel→done).
     pub async fn cancel_and_wait(&self, reason: CancelReason) -> TurnOutcome {
+        let t0 = std::time::Instant::now();
+        let running = !self.is_finished();
         self.cancel(reason);
-        self.wait().await
+        let outcome = self.wait().await;
+        if running && outcome == TurnOutcome::Cancelled {
+            telemetry::cancel_to_done(self.label, reason, t0.elapsed().as_secs_f64());
+        }
+        outcome
     }
 }

@@ -52,6 +52,7 @@ pub struct Output<S: FrameSink + ?Sized> {
     last_token: Option<f64>,
     marks: Marks,
     delivered: bool,
+    terminal: Option<TurnFrame>,
 }
 
 impl<S: FrameSink + ?Sized> std::fmt::Debug for Output<S> {
@@ -81,6 +82,7 @@ impl<S: FrameSink + ?Sized> Output<S> {
             last_token: None,
             marks: Marks::default(),
             delivered: true,
+            terminal: None,
         }
     }
 
@@ -113,6 +115,11 @@ impl<S: FrameSink + ?Sized> Output<S> {
         self.marks
     }
 
+    /// The terminal frame that went out, once it did.
+    pub fn terminal(&self) -> Option<&TurnFrame> {
+        self.terminal.as_ref()
+    }
+
     fn emit(&mut self, frame: TurnFrame) {
         if let TurnFrame::Token(text) = &frame {
             let now = self.ms();
@@ -127,6 +134,9 @@ impl<S: FrameSink + ?Sized> Output<S> {
                 self.marks.first_sentence_ms = Some(now);
             }
             self.reply.push_str(text);
+        }
+        if frame.is_terminal() {
+            self.terminal = Some(frame.clone());
         }
         if !self.sink.send(frame) {
             self.delivered = false;

@@ -84,6 +84,8 @@ pub struct Shared {
     pub messages: SlidingWindow,
     /// Cancel limit.
     pub cancels: SlidingWindow,
+    /// The dialect's metric label, once the first message picked it.
+    pub dialect: &'static str,
 }
 
 /// What a message counts against.
@@ -101,11 +103,20 @@ impl Shared {
     /// Applies a limit; `Err(wait)` when the message must be refused.
     pub fn gate(&mut self, gate: Gate) -> Result<(), Duration> {
         let now = Instant::now();
-        match gate {
+        let verdict = match gate {
             Gate::Free => Ok(()),
             Gate::Cancel => self.cancels.try_acquire(now),
             Gate::Message => self.messages.try_acquire(now),
+        };
+        if verdict.is_err() {
+            let limit = if gate == Gate::Cancel {
+                "cancels"
+            } else {
+                "messages"
+            };
+            crate::metrics::rate_limited(self.dialect, limit);
         }
+        verdict
     }
 
     /// Queues a text frame (false: the reader fell behind).
@@ -138,6 +149,7 @@ where
         cancels: SlidingWindow::new(l.cancels, l.cancels_window.unwrap_or(l.shared_window)),
         out: out.clone(),
         state: state.clone(),
+        dialect: "undecided",
     };
     let mut proto = Proto::Undecided;
     let exit = read_loop(&mut inbound, &mut shared, &mut proto).await;
@@ -191,6 +203,12 @@ async fn on_text(text: &str, shared: &mut Shared, proto: &mut Proto) -> Option<E
             Dialect::V0 => Proto::V0(v0::V0Conn::default()),
             Dialect::V1 => Proto::V1(v1::V1Conn::new(&shared.state)),
         };
+        shared.dialect = if matches!(proto, Proto::V1(_)) {
+            "v1"
+        } else {
+            "v0"
+        };
+        tracing::Span::current().record("dialect", shared.dialect);
     }
     match proto {
         Proto::V0(c) => c.on_text(text, shared).await,
@@ -266,6 +284,9 @@ async fn finish(
     writer: tokio::task::JoinHandle<()>,
 ) {
     let grace = Duration::from_secs(2);
+    if exit == Exit::Overflow {
+        crate::metrics::slow_consumer();
+    }
     match exit {
         Exit::Close {
             code,

@@ -49,6 +49,7 @@ pub(crate) async fn handler(
         .auth
         .check(&peer.ip().to_string(), presented.as_deref());
     if let Verdict::Blocked(wait) = verdict {
+        crate::metrics::auth_failure("ws");
         // Refused before the upgrade: cheap, and no socket is held.
         let secs = wait.as_secs().max(1).to_string();
         let mut resp = (
@@ -71,21 +72,27 @@ pub(crate) async fn handler(
         .max(1 << 20);
     ws.max_message_size(transport)
         .max_frame_size(transport)
-        .on_upgrade(move |socket| async move {
-            if !origin_ok {
-                let frame =
-                    ServerFrame::error(ErrorCode::AuthenticationFailed, "origin not allowed");
-                refuse(socket, frame, close_code::POLICY_VIOLATION).await;
-            } else if verdict != Verdict::Ok {
-                let frame = ServerFrame::error(
-                    ErrorCode::AuthenticationFailed,
-                    "missing or invalid API key",
-                );
-                refuse(socket, frame, close_code::POLICY_VIOLATION).await;
-            } else {
-                admit(socket, state).await;
-            }
+        .on_upgrade(move |socket| {
+            let span = tracing::info_span!("connection", %peer, dialect = tracing::field::Empty);
+            tracing::Instrument::instrument(upgraded(socket, state, origin_ok, verdict), span)
         })
+}
+
+/// An upgraded socket: refused (origin, key) or admitted (inside its `connection` span).
+async fn upgraded(socket: WebSocket, state: AppState, origin_ok: bool, verdict: Verdict) {
+    if !origin_ok {
+        let frame = ServerFrame::error(ErrorCode::AuthenticationFailed, "origin not allowed");
+        refuse(socket, frame, close_code::POLICY_VIOLATION).await;
+    } else if verdict != Verdict::Ok {
+        crate::metrics::auth_failure("ws");
+        let frame = ServerFrame::error(
+            ErrorCode::AuthenticationFailed,
+            "missing or invalid API key",
+        );
+        refuse(socket, frame, close_code::POLICY_VIOLATION).await;
+    } else {
+        admit(socket, state).await;
+    }
 }
 
 /// Sends one error frame and closes. The frame takes the dialect of the client's first
@@ -128,6 +135,7 @@ async fn admit(socket: WebSocket, state: AppState) {
             conn::run(inbound, Box::pin(outbound), state, permit).await;
         }
         _ => {
+            crate::metrics::capacity_refusal("ws");
             let max = state.config.max_connections();
             let available = state.slots.available_permits();
             let frame = ServerFrame::Error {

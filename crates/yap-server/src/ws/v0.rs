@@ -238,6 +238,7 @@ impl V0Conn {
             sampling: req.sampling,
             ack: true,
             final_frame: false,
+            label: "v0",
         };
         let handle = core.start_turn(cell, input, sink.clone()).await;
         self.turn = Some((handle, sink));
@@ -268,6 +269,7 @@ impl V0Conn {
             .ok()
             .and_then(|mut l| l.try_acquire(&session_id, Instant::now()).err());
         if let Some(wait) = limited {
+            crate::metrics::rate_limited("v0", "persona_updates");
             shared.send(rate_limited("persona updates for this session", wait));
             return;
         }

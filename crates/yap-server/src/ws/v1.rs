@@ -50,8 +50,12 @@ impl FrameSink for V1Sink {
             TurnFrame::Token(t) => frame::token(&t),
             TurnFrame::Final(t) => frame::final_text(&t),
             TurnFrame::Done(_) => frame::done(),
-            // Only an explicit cancel is answered; a barge-in or a closing connection is silent.
-            TurnFrame::Cancelled(CancelReason::Requested) => frame::cancelled(),
+            // An explicit cancel is answered, and so is a turn the server's shutdown cut short
+            // (the client learns the turn ended before the 1001 close); a barge-in or a closing
+            // connection is silent.
+            TurnFrame::Cancelled(CancelReason::Requested | CancelReason::Shutdown) => {
+                frame::cancelled()
+            }
             TurnFrame::Cancelled(_) => return true,
             TurnFrame::Error(e) => frame::error(error_code(e.kind), &e.message),
         };
@@ -167,7 +171,8 @@ impl V1Conn {
                 }
             }
             Message::End => {
-                self.end_turn(CancelReason::Shutdown, None).await;
+                // The client leaves: a running turn ends silently (`Shutdown` is the server's).
+                self.end_turn(CancelReason::Disconnected, None).await;
                 shared.send(frame::done());
                 return Some(Exit::Close {
                     code: close_code::NORMAL,
@@ -237,6 +242,7 @@ impl V1Conn {
             return Some(Self::policy_close());
         }
         self.cell = Some(cell);
+        metrics::gauge!("yap_sessions", "dialect" => "v1").increment(1.0);
         shared.send(frame::done());
         None
     }
@@ -264,6 +270,7 @@ impl V1Conn {
             sampling: None,
             ack: false,
             final_frame: true,
+            label: "v1",
         };
         let sink = Arc::new(V1Sink {
             out: shared.out.clone(),
@@ -300,6 +307,7 @@ impl Drop for V1Conn {
     fn drop(&mut self) {
         if self.cell.is_some() {
             self.engine.release(&self.key);
+            metrics::gauge!("yap_sessions", "dialect" => "v1").decrement(1.0);
         }
     }
 }
