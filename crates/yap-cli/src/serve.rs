@@ -232,13 +232,28 @@ async fn load(
     let mut supervisor = None;
     if mode.has_chat() {
         let model_path = match &args.engine.model {
-            Some(p) => p.clone(),
+            Some(p) => {
+                let p = p.clone();
+                tokio::task::spawn_blocking(move || crate::models::resolve(&p))
+                    .await
+                    .context("model resolve task")??
+            }
             None => {
                 deferred.report(Readiness::Loading("fetching the default chat model".into()));
                 tokio::task::spawn_blocking(model_fetch::ensure_default_model)
                     .await
                     .context("model fetch task")??
             }
+        };
+        let model_path = if args.engine.kind == EngineKind::Embedded {
+            let q = args.engine.launch.quantization.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::models::embedded_model(&model_path, q.as_deref())
+            })
+            .await
+            .context("quantize task")??
+        } else {
+            model_path
         };
         deferred.report(Readiness::Loading(format!(
             "loading {}",
@@ -288,7 +303,6 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         ("engine", engine_label.to_owned()),
     ]);
     let task = tokio::spawn(yap_server::serve(listener, state.clone(), shutdown.clone()));
-
     tracing::info!(%addr, "listening; loading models");
     match load(&args, &core, &deferred).await {
         Ok(supervisor) => Ok(Running {

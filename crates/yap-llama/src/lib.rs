@@ -4,10 +4,14 @@
 //!   the llama context and runs continuous batching over token-id requests.
 //! - [`slots`] is the pure bookkeeping behind it (which KV sequence a session owns, prefix reuse
 //!   and sharing, LRU eviction, the KV budget), unit-tested without a model.
+//! - [`gguf`] reads and writes GGUF files; [`quantize`] is `yap quantize` (llama.cpp's
+//!   recipe and reference quantizers in safe Rust).
 //! - [`vocab`] gives a GGUF's tokenizer and chat template to prompt formatting (also for remote
 //!   engines serving the same model).
 
 pub mod engine;
+pub mod gguf;
+pub mod quantize;
 pub mod slots;
 pub mod vocab;
 

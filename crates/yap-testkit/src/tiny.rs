@@ -99,12 +99,28 @@ fn pre_tokenize(text: &str) -> Vec<String> {
     words
 }
 
-/// Learns `n_merges` BPE merges over byte-mapped words; returns (vocab, merges).
+/// Learns `n_merges` BPE merges over byte-mapped words of [`CORPUS`]; returns (vocab, merges).
 fn train_bpe(n_merges: usize) -> (Vec<String>, Vec<String>) {
+    train_bpe_on(CORPUS, n_merges)
+}
+
+/// English text for benchmark tokenizers: the test corpus and every persona prompt.
+pub(crate) fn benchmark_corpus() -> String {
+    let mut text = String::from(CORPUS);
+    for style in yap_core::persona::STYLES {
+        text.push(' ');
+        text.push_str(&yap_core::persona::compose(Some(style), None, None));
+    }
+    text
+}
+
+/// Learns up to `n_merges` BPE merges over byte-mapped words of `corpus` (fewer when no pair
+/// repeats); returns (vocab, merges).
+pub(crate) fn train_bpe_on(corpus: &str, n_merges: usize) -> (Vec<String>, Vec<String>) {
     let table = byte_to_unicode();
     let mut vocab: Vec<String> = table.iter().map(|c| c.to_string()).collect();
     let mut words: HashMap<Vec<String>, usize> = HashMap::new();
-    for w in pre_tokenize(CORPUS) {
+    for w in pre_tokenize(corpus) {
         let symbols: Vec<String> = w.bytes().map(|b| table[b as usize].to_string()).collect();
         *words.entry(symbols).or_default() += 1;
     }

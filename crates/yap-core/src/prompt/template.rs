@@ -179,6 +179,39 @@ mod tests {
         );
     }
 
+    /// Qwen2.5's own template (from the default model's GGUF): the persona is the system
+    /// message, so the template's built-in "You are Qwen, created by Alibaba Cloud" default
+    /// never appears — also not for an empty persona.
+    #[test]
+    fn qwen_template_never_inserts_its_default_system_prompt() {
+        let src = include_str!("../../tests/data/qwen2.5-chat-template.jinja");
+        assert!(src.contains("You are Qwen"), "fixture is the real template");
+        let t = ChatTemplate::new(src, "<|endoftext|>", "<|im_end|>").unwrap();
+        for persona in ["You are Yap, a voice companion.", ""] {
+            let out = t
+                .render(
+                    &[
+                        ChatMessage::new(Role::System, persona),
+                        ChatMessage::new(Role::User, "Hi"),
+                    ],
+                    true,
+                )
+                .unwrap();
+            assert!(!out.contains("Qwen"), "{out}");
+            assert_eq!(
+                out,
+                format!(
+                    "<|im_start|>system\n{persona}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+                )
+            );
+        }
+        // Without a system message the template would add its own: Yap never sends that.
+        let bare = t
+            .render(&[ChatMessage::new(Role::User, "Hi")], true)
+            .unwrap();
+        assert!(bare.contains("You are Qwen"));
+    }
+
     #[test]
     fn gemma_renders_system_into_first_user_turn() {
         let t = ChatTemplate::new(GEMMA_TEMPLATE, "<bos>", "<eos>").unwrap();
