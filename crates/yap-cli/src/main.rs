@@ -10,6 +10,14 @@ use yap_cli::telemetry::{self, Sinks};
 use yap_cli::tools::{self, LiveArgs, PersonalityArgs};
 use yap_cli::{lifecycle, serve};
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "yap", version, about = "Real-time voice companion server")]
 struct Cli {
