@@ -308,13 +308,20 @@ async fn attach_cancel_barge_in_and_cached_tokens_on_llama_server() {
 
 /// Which of the servers served the last request (its counters moved).
 async fn served_by(servers: &[&Proc], before: &[f64]) -> Vec<usize> {
-    let mut out = Vec::new();
-    for (i, s) in servers.iter().enumerate() {
-        if requests(s).await > before[i] {
-            out.push(i);
+    // The counters move when the server releases the slot, a moment after the last chunk.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut out = Vec::new();
+        for (i, s) in servers.iter().enumerate() {
+            if requests(s).await > before[i] {
+                out.push(i);
+            }
         }
+        if !out.is_empty() || Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    out
 }
 
 async fn counters(servers: &[&Proc]) -> Vec<f64> {

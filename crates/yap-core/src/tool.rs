@@ -46,6 +46,10 @@ impl Classifier for yap_tool::ToolService {
             "skipped_cancelled": st.skipped_cancelled,
         })
     }
+
+    fn tuned_threshold(&self) -> Option<f32> {
+        yap_tool::ToolService::tuned_threshold(self)
+    }
 }
 
 /// A shared classifier.

@@ -54,7 +54,11 @@ impl ChatEngine for DeferredEngine {
     fn info(&self) -> EngineInfo {
         match self.inner.get() {
             Some(e) => e.info(),
-            None => EngineInfo { kind: "loading".into(), model: String::new(), context_tokens: 0 },
+            None => EngineInfo {
+                kind: "loading".into(),
+                model: String::new(),
+                context_tokens: 0,
+            },
         }
     }
 
@@ -73,7 +77,9 @@ impl ChatEngine for DeferredEngine {
     fn generate(&self, request: EngineRequest) -> Result<GenerationStream, EngineError> {
         match self.inner.get() {
             Some(e) => e.generate(request),
-            None => Err(EngineError::Unavailable("the chat engine is still loading".into())),
+            None => Err(EngineError::Unavailable(
+                "the chat engine is still loading".into(),
+            )),
         }
     }
 

@@ -284,7 +284,9 @@ fn parse_start(obj: &Map<String, Value>) -> Result<StartRequest, ParseError> {
     }
     for key in ["check_screen_prefix", "screen_checked_prefix"] {
         if opt_string(obj, key)?.is_some_and(|p| p.chars().count() > 30) {
-            return Err(ParseError::invalid(format!("`{key}` is longer than 30 characters")));
+            return Err(ParseError::invalid(format!(
+                "`{key}` is longer than 30 characters"
+            )));
         }
     }
     Ok(StartRequest {
