@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares, on a machine with Rust (no GPU needed), what scripts/bench-gpu.sh needs on the GPU
 # machine, in target/gpu-carry/ (carried with the working tree; 64 MiB in all):
-#   yap             the CUDA build with the test kit (scripts/build-cuda.sh, DEV_TOOLS=1)
+#   yap.xz          the CUDA build with the test kit (scripts/build-cuda.sh, DEV_TOOLS=1),
+#                   xz-compressed
 #   llama-src.tar.xz  llama.cpp's sources for the comparison llama-server, trimmed to what a
 #                   CUDA llama-server build reads
 #
@@ -21,8 +22,10 @@ mkdir -p "$CARRY"
 
 # 1. The CUDA yap with the test kit.
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  DEV_TOOLS=1 OUT="$CARRY/yap" "$ROOT/scripts/build-cuda.sh"
+  DEV_TOOLS=1 OUT="$ROOT/target/cuda/yap-dev" "$ROOT/scripts/build-cuda.sh"
 fi
+rm -f "$CARRY/yap"
+xz -T0 -6 -c "$ROOT/target/cuda/yap-dev" >"$CARRY/yap.xz"
 
 # 2. The server sources.
 SRC_DIR="$ROOT/target/llama-server-src"

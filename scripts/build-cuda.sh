@@ -8,6 +8,8 @@
 #   scripts/build-cuda.sh                   # sm_90 (H100/H200) only
 #   CUDA_ARCHS="80;89;90" scripts/build-cuda.sh   # + A100 (80), L40S/RTX 40xx (89)
 #   DEV_TOOLS=1 scripts/build-cuda.sh       # + the test kit (make-test-model), for benchmarks
+#   CUDA_OBJECTS=target/cudaobj scripts/build-cuda.sh   # take ggml-cuda objects compiled on
+#                                           # another machine (see below) instead of compiling
 #
 # Environment:
 #   CUDA_ARCHS        CMAKE_CUDA_ARCHITECTURES for llama.cpp's kernels (default 90)
@@ -18,6 +20,13 @@
 #   DEV_TOOLS=1       also build the test kit (`yap make-test-model`, `yap engine-double`)
 #   JOBS              parallel compile jobs (default: all cores)
 #   OUT               the output binary (default target/cuda/yap)
+#   CUDA_OBJECTS      a folder with ggml-cuda objects compiled elsewhere: cudaobj.tar.xz.NN parts
+#                     (`scripts/bench-gpu.sh export` on a GPU machine writes them) and a MANIFEST
+#                     of compile keys (inside the tar, or beside the parts). Each object whose key
+#                     matches this build's compile of it is taken instead of compiled
+#                     (scripts/cuda-objcache.sh, the CUDA compiler launcher); any other is
+#                     compiled here. Compiling all ~150 kernel files takes minutes on 16 cores and
+#                     hours on 2.
 #
 # How it links (the build machine has no driver, so no libcuda.so to link against):
 #   - the CUDA runtime is linked statically (libcudart_static.a from the wheel);
@@ -85,6 +94,30 @@ for l in cublas_static cublasLt_static culibos; do
   [ -f "$SHIM/lib64/lib$l.a" ] || ar rc "$SHIM/lib64/lib$l.a"
 done
 
+# 5. ggml-cuda objects compiled elsewhere, through the compiler launcher.
+LINK_EXTRA=()
+if [ -n "${CUDA_OBJECTS:-}" ]; then
+  src_dir="$(cd "$CUDA_OBJECTS" && pwd)"
+  cache="$PREFIX/objcache/$(cat "$src_dir"/cudaobj.tar.xz.* | sha256sum | cut -c1-16)"
+  if [ ! -f "$cache/MANIFEST" ]; then
+    rm -rf "$cache" && mkdir -p "$cache"
+    cat "$src_dir"/cudaobj.tar.xz.* | xz -dc | tar -x -C "$cache"
+    [ -f "$cache/MANIFEST" ] || cp "$src_dir/MANIFEST" "$cache/MANIFEST"
+  fi
+  log "ggml-cuda objects from $CUDA_OBJECTS: $(wc -l <"$cache/MANIFEST") in the MANIFEST"
+  export YAP_CUDA_OBJECTS="$cache" CMAKE_CUDA_COMPILER_LAUNCHER="$ROOT/scripts/cuda-objcache.sh"
+  # Objects compiled against glibc >= 2.38 call its C23 names (__isoc23_strtol, ...); an older
+  # glibc here lacks them: link the forwarding shim (scripts/glibc-c23-shim.c).
+  glibc="$(getconf GNU_LIBC_VERSION | awk '{print $2}')"
+  if find "$cache" -name '*.o' -exec nm -u {} + 2>/dev/null | grep ' __isoc23_' >/dev/null &&
+    [ "$(printf '%s\n' 2.38 "$glibc" | sort -V | head -1)" != 2.38 ]; then
+    mkdir -p "$PREFIX/link"
+    gcc -O2 -fPIC -c "$ROOT/scripts/glibc-c23-shim.c" -o "$PREFIX/link/glibc-c23-shim.o"
+    LINK_EXTRA+=(-C "link-arg=$PREFIX/link/glibc-c23-shim.o")
+    log "glibc $glibc here, objects built for glibc >= 2.38: linking scripts/glibc-c23-shim.c"
+  fi
+fi
+
 export PATH="$CU/bin:$PATH"
 export CUDA_PATH="$CU" CUDAToolkit_ROOT="$CU" CUDACXX="$CU/bin/nvcc"
 export CUDA_LIBRARY_PATH="$SHIM"
@@ -98,7 +131,7 @@ log "building yap ($features) for CUDA archs $ARCHS in $CARGO_TARGET_DIR"
 cargo rustc --release --locked -j "$JOBS" -p yap-cli --bin yap --features "$features" -- \
   -C link-arg=-L"$LIB" \
   -C link-arg=-l:libcublas.so.13 -C link-arg=-l:libcublasLt.so.13 \
-  -C 'link-arg=-Wl,-rpath,$ORIGIN/lib:$ORIGIN/../cuda-prefix/nvidia/cu13/lib'
+  -C 'link-arg=-Wl,-rpath,$ORIGIN/lib:$ORIGIN/../cuda-prefix/nvidia/cu13/lib' "${LINK_EXTRA[@]}"
 
 mkdir -p "$(dirname "$OUT")"
 strip --strip-all -o "$OUT" "$CARGO_TARGET_DIR/release/yap"
