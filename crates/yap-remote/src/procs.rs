@@ -6,8 +6,7 @@
 //! not listed.
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::net::{SocketAddr, TcpListener};
 
 /// One process as `/proc/PID/stat` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,12 +98,11 @@ pub fn descendants(root: i32) -> Vec<ProcInfo> {
     }
 }
 
-/// Whether something already holds `addr`: it accepts connections, or the address cannot be
-/// bound.
+/// Whether something already holds `addr`: the address cannot be bound (a listener on it, on
+/// the same port of 0.0.0.0, or a socket without SO_REUSEADDR).
 pub fn port_in_use(addr: SocketAddr) -> bool {
-    if TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
-        return true;
-    }
+    // A bind probe only: a connect probe would leave a half-open connection on the port that
+    // makes the next check fail after the listener is gone.
     TcpListener::bind(addr).is_err()
 }
 

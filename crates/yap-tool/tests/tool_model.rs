@@ -32,18 +32,22 @@ fn pair_encoding_keeps_the_newest_history_and_the_whole_utterance() {
         m.encode(&turn(&[], " look at this ")).unwrap().ids[2..n - 1]
     );
     let long = "tell me a joke about cats what is the capital of france";
-    let with = m
-        .encode(&turn(&["older turn is dropped", long], "look at this"))
-        .unwrap();
+    let older = "an older turn";
+    let with = m.encode(&turn(&[older, long], "look at this")).unwrap();
     assert_eq!(with.ids.len(), 24);
     // The utterance is whole, in segment 1, at the end.
     assert_eq!(with.ids[24 - (n - 2)..], alone.ids[2..]);
     assert!(with.type_ids[24 - (n - 2)..].iter().all(|&t| t == 1));
     // History is cut from the left: its newest tokens are kept, right before the first [SEP].
-    let last = m.encode(&turn(&[], long)).unwrap();
+    let body = |text: &str| {
+        let e = m.encode(&turn(&[], text)).unwrap();
+        e.ids[2..e.ids.len() - 1].to_vec()
+    };
+    let sep = alone.ids[1];
+    let all: Vec<u32> = [body(older), vec![sep], body(long)].concat();
     let first_sep = with.type_ids.iter().position(|&t| t == 1).unwrap() - 1;
     let kept = &with.ids[1..first_sep];
-    let all = &last.ids[2..last.ids.len() - 1];
+    assert!(kept.len() < all.len(), "the history was cut");
     assert_eq!(kept, &all[all.len() - kept.len()..]);
     // Only the last 2 turns are read.
     let three = m.encode(&turn(&["a", "b", "c"], "look")).unwrap();

@@ -61,7 +61,9 @@ pub async fn try_server(extra: &[&str]) -> anyhow::Result<Running> {
         !extra.iter().any(|e| e.split('=').next() == Some(name))
     });
     argv.extend(extra.iter().map(|s| s.to_string()));
-    let args = Wrap::try_parse_from(argv).expect("args").args;
+    let args = Wrap::try_parse_from(argv)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .args;
     serve::start(args).await
 }
 

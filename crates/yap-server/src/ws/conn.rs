@@ -48,6 +48,8 @@ pub enum WsInError {
     Protocol(String),
     /// The TCP connection broke.
     Reset,
+    /// The client half-closed TCP without a close frame: it may still read.
+    HalfClosed,
 }
 
 /// How a connection ends.
@@ -259,6 +261,7 @@ fn error_exit(e: WsInError, shared: &Shared, proto: &Proto) -> Exit {
             close(close_code::PROTOCOL_ERROR, "protocol_error")
         }
         WsInError::Reset => Exit::Gone,
+        WsInError::HalfClosed => Exit::Eof,
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod outbox;
+pub mod upgrade;
 mod v0;
 mod v1;
 
@@ -11,16 +12,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::ProtocolError};
 use yap_core::{CancelReason, TurnHandle};
 use yap_protocol::{Capacity, Dialect, ErrorCode, ServerFrame, close_code, dialect_of};
 
 use self::conn::{WsIn, WsInError};
 use self::outbox::WsOut;
+use self::upgrade::Socket;
 use crate::AppState;
 use crate::auth::{self, Verdict};
 
@@ -38,11 +42,11 @@ pub(crate) async fn end_turn(turn: &TurnHandle, reason: CancelReason, drain: Opt
 /// Upgrades a request with a valid key (refusals: an error frame and close 1008, or HTTP 429
 /// for an address that failed too often).
 pub(crate) async fn handler(
-    ws: WebSocketUpgrade,
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    req: Request,
 ) -> Response {
     let presented = auth::presented_key(&headers, &query);
     let verdict = state
@@ -70,16 +74,29 @@ pub(crate) async fn handler(
         .max_message_bytes
         .saturating_mul(16)
         .max(1 << 20);
-    ws.max_message_size(transport)
-        .max_frame_size(transport)
-        .on_upgrade(move |socket| {
-            let span = tracing::info_span!("connection", %peer, dialect = tracing::field::Empty);
-            tracing::Instrument::instrument(upgraded(socket, state, origin_ok, verdict), span)
-        })
+    let accepted = upgrade::check(&req);
+    if accepted.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return accepted;
+    }
+    tokio::spawn(async move {
+        let Some((socket, half)) = upgrade::socket(req, transport).await else {
+            return;
+        };
+        let span = tracing::info_span!("connection", %peer, dialect = tracing::field::Empty);
+        let work = upgraded(socket, half, state, origin_ok, verdict);
+        tracing::Instrument::instrument(work, span).await;
+    });
+    accepted
 }
 
 /// An upgraded socket: refused (origin, key) or admitted (inside its `connection` span).
-async fn upgraded(socket: WebSocket, state: AppState, origin_ok: bool, verdict: Verdict) {
+async fn upgraded(
+    socket: Socket,
+    half: upgrade::HalfClosed,
+    state: AppState,
+    origin_ok: bool,
+    verdict: Verdict,
+) {
     if !origin_ok {
         let frame = ServerFrame::error(ErrorCode::AuthenticationFailed, "origin not allowed");
         refuse(socket, frame, close_code::POLICY_VIOLATION).await;
@@ -91,14 +108,14 @@ async fn upgraded(socket: WebSocket, state: AppState, origin_ok: bool, verdict: 
         );
         refuse(socket, frame, close_code::POLICY_VIOLATION).await;
     } else {
-        admit(socket, state).await;
+        admit(socket, half, state).await;
     }
 }
 
 /// Sends one error frame and closes. The frame takes the dialect of the client's first
 /// message, if one arrives within a moment (clients speak first in both dialects).
-async fn refuse(mut socket: WebSocket, frame: ServerFrame, code: u16) {
-    let first = tokio::time::timeout(Duration::from_millis(500), socket.recv()).await;
+async fn refuse(mut socket: Socket, frame: ServerFrame, code: u16) {
+    let first = tokio::time::timeout(Duration::from_millis(500), socket.next()).await;
     let v1 =
         matches!(&first, Ok(Some(Ok(Message::Text(t)))) if dialect_of(t.as_str()) == Dialect::V1);
     let json = match (&frame, v1) {
@@ -115,13 +132,13 @@ async fn refuse(mut socket: WebSocket, frame: ServerFrame, code: u16) {
     let _ = socket.send(Message::Text(json.into())).await;
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(""),
+            code: CloseCode::from(code),
+            reason: "".into(),
         })))
         .await;
 }
 
-async fn admit(socket: WebSocket, state: AppState) {
+async fn admit(socket: Socket, half: upgrade::HalfClosed, state: AppState) {
     let permit = tokio::time::timeout(
         state.config.acquire_timeout,
         Arc::clone(&state.slots).acquire_owned(),
@@ -130,8 +147,11 @@ async fn admit(socket: WebSocket, state: AppState) {
     match permit {
         Ok(Ok(permit)) => {
             let (tx, rx) = socket.split();
-            let inbound = rx.map(inbound);
-            let outbound = tx.with(|out: WsOut| async move { Ok::<_, axum::Error>(outbound(out)) });
+            // A half-close arrives as an item of its own, after every frame read before it.
+            let fin = futures_util::stream::once(Box::pin(async move { half.wait().await }))
+                .map(|()| Err(WsInError::HalfClosed));
+            let inbound = futures_util::stream::select(rx.map(inbound), fin);
+            let outbound = tx.with(|out: WsOut| async move { Ok::<_, WsError>(outbound(out)) });
             conn::run(inbound, Box::pin(outbound), state, permit).await;
         }
         _ => {
@@ -159,43 +179,31 @@ fn outbound(out: WsOut) -> Message {
     match out {
         WsOut::Text(t) => Message::Text(t.into()),
         WsOut::Close(code, reason) => Message::Close(Some(CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: reason.into(),
         })),
     }
 }
 
-/// axum's message or error → the loop's.
-fn inbound(m: Result<Message, axum::Error>) -> Result<WsIn, WsInError> {
+/// tungstenite's message or error → the loop's.
+fn inbound(m: Result<Message, WsError>) -> Result<WsIn, WsInError> {
     match m {
         Ok(Message::Text(t)) => Ok(WsIn::Text(t.to_string())),
         Ok(Message::Binary(_)) => Ok(WsIn::Binary),
         Ok(Message::Ping(_)) => Ok(WsIn::Ping),
-        Ok(Message::Pong(_)) => Ok(WsIn::Pong),
-        Ok(Message::Close(c)) => Ok(WsIn::Close(c.map(|c| c.code))),
-        Err(e) => Err(classify_error(&e)),
+        Ok(Message::Pong(_) | Message::Frame(_)) => Ok(WsIn::Pong),
+        Ok(Message::Close(c)) => Ok(WsIn::Close(c.map(|c| u16::from(c.code)))),
+        Err(e) => Err(classify_error(e)),
     }
 }
 
-/// What a transport error means, from tungstenite's error text (axum wraps it opaquely).
-fn classify_error(e: &axum::Error) -> WsInError {
-    let text = format!("{e:?} {e}").to_ascii_lowercase();
-    if text.contains("utf-8") || text.contains("utf8") {
-        WsInError::InvalidUtf8
-    } else if text.contains("capacity")
-        || text.contains("too long")
-        || text.contains("too big")
-        || text.contains("size")
-    {
-        WsInError::TooBig
-    } else if text.contains("protocol")
-        || text.contains("opcode")
-        || text.contains("mask")
-        || text.contains("control frame")
-        || text.contains("reserved")
-    {
-        WsInError::Protocol(text)
-    } else {
-        WsInError::Reset
+/// What a transport error means for the connection.
+fn classify_error(e: WsError) -> WsInError {
+    match e {
+        WsError::Utf8(_) => WsInError::InvalidUtf8,
+        WsError::Capacity(_) => WsInError::TooBig,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => WsInError::HalfClosed,
+        WsError::Protocol(p) => WsInError::Protocol(p.to_string()),
+        _ => WsInError::Reset,
     }
 }
