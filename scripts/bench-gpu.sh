@@ -79,10 +79,19 @@ done
 
 gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1 | tr -d ' ' | grep . || echo 0; }
 
+# GET URL to stdout (curl, or Python where the machine has no curl); fails unless 2xx.
+http_get() {
+  if command -v curl >/dev/null; then
+    curl -fs "$1"
+  else
+    python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1" 2>/dev/null
+  fi
+}
+
 wait_http() { # URL SECS PID
   local i
   for i in $(seq 1 $(($2 * 5))); do
-    curl -fs -o /dev/null "$1" && return 0
+    http_get "$1" >/dev/null && return 0
     kill -0 "$3" 2>/dev/null || return 1
     sleep 0.2
   done
@@ -253,7 +262,7 @@ phase_a() { # SHAPE
       record "$(client http://127.0.0.1:18080 "yap-$v" "$c")" "yap-$v" "$1" "$c" "${up#* }" A
       [ "$first" = 1 ] && ws_bench 18080 "$1" "$c" "$v"
     done
-    curl -fs http://127.0.0.1:18080/metrics >"$WORK/yap-$v-$1-A.metrics" 2>/dev/null
+    http_get http://127.0.0.1:18080/metrics >"$WORK/yap-$v-$1-A.metrics" 2>/dev/null
     stop "${up%% *}"
     first=0
   done
@@ -308,12 +317,12 @@ phase_b() { # SHAPE "VARIANTS" "LEVELS_B"
         record "$(client "http://127.0.0.1:${yport[$s]}" "yap-$s" "$c")" "yap-$s" "$shape" "$c" "${ymem[$s]}" B
       fi
     done
-    curl -fs http://127.0.0.1:18081/metrics >"$WORK/llama-np$c-$shape.metrics" 2>/dev/null
+    http_get http://127.0.0.1:18081/metrics >"$WORK/llama-np$c-$shape.metrics" 2>/dev/null
     stop "$lp"
     i=$((i + 1))
   done
   for v in "${!ypid[@]}"; do
-    curl -fs "http://127.0.0.1:${yport[$v]}/metrics" >"$WORK/yap-$v-$shape-B.metrics" 2>/dev/null
+    http_get "http://127.0.0.1:${yport[$v]}/metrics" >"$WORK/yap-$v-$shape-B.metrics" 2>/dev/null
     stop "${ypid[$v]}"
   done
 }
