@@ -49,7 +49,7 @@ fi
 SHAPES="${SHAPES:-qwen2.5-1.5b llama-3.1-8b}"
 SHAPES_B="${SHAPES_B:-$(echo "$SHAPES" | tr ' ' '\n' | tac | tr '\n' ' ')}"
 LEVELS="${LEVELS:-1 8 32}"
-EXTRA_LEVELS="${EXTRA_LEVELS:-64}"
+EXTRA_LEVELS="${EXTRA_LEVELS-64}"
 YAP_VARIANTS="${YAP_VARIANTS:-unified split}"
 MAX_TOKENS="${MAX_TOKENS:-64}"
 THREADS="${THREADS:-8}"
