@@ -206,7 +206,9 @@ async def test_errors():
         await expect_error(ws, start_msg(chat_prompt="word " * 5000), "invalid_settings", 400, close=1008)
         passed("chat deployment: missing/bad persona → invalid_settings, bad sampling → invalid_payload, close 1008")
     ws = await ws_connect(ARGS.key)
-    huge = [{"role": "user", "content": "blah " * 400} for _ in range(40)]
+    # ~4,000 tokens (over CHAT_HISTORY_MAX_TOKENS=3000 in scripts/v1-client.sh) in ~20 kB: under
+    # WS_MAX_MESSAGE_BYTES, so the budget, not the message size, refuses it.
+    huge = [{"role": "user", "content": "blah " * 400} for _ in range(10)]
     await expect_error(ws, start_msg(history=huge), "text_too_long", 400, close=1008)
     passed("seed history over the budget → text_too_long, close 1008")
     ws = await ws_connect("wrong-key")

@@ -200,7 +200,14 @@ impl<S: FrameSink + ?Sized> Output<S> {
             Phase::Holding => self.held.push(TurnFrame::Done(usage)),
             Phase::Streaming => {
                 if self.final_frame {
-                    let text = self.reply.trim().to_owned();
+                    // Trimmed as Python's str.strip() does (the replaced server's final text
+                    // is the joined tokens stripped): Unicode spaces and the separators U+001C-1F.
+                    let text = self
+                        .reply
+                        .trim_matches(|c: char| {
+                            c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+                        })
+                        .to_owned();
                     self.emit(TurnFrame::Final(text));
                 }
                 let now = self.ms();
