@@ -141,6 +141,30 @@ def steps_of(conversations, assistant=False):
     return rows
 
 
+def user_turns(transcript):
+    """The user turns of a `User: ...` / `Assistant: ...` transcript (one message a line), as the
+    server keeps them for the tool model."""
+    return [line[len("User:"):].strip() for line in (transcript or "").splitlines() if line.startswith("User:")]
+
+
+def load_cases(path, category=None):
+    """Rows (as `steps_of` makes them) of a single-turn case file: `{"text", "expected", "history"?,
+    "category"?}` — the format `yap tool-eval --cases` reads."""
+    rows = []
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if line.strip():
+                c = json.loads(line)
+                exp = c["expected"]
+                rows.append({
+                    "conversation": f"{os.path.basename(path)}:{i}", "index": 0,
+                    "category": category or c.get("category", os.path.basename(path)),
+                    "history": user_turns(c.get("history")), "utterance": c["text"],
+                    "label": int(exp is True or exp == "yes"), "after_yes": False,
+                })
+    return rows
+
+
 def encode(backend, history, utterance, max_tokens, history_turns, join="sep"):
     """(ids, type_ids) of one turn — see the module docstring. `backend` is a `tokenizers.Tokenizer`
     with truncation and padding off."""

@@ -68,6 +68,9 @@ def main():
     dev = train.metrics(dev_rows, probs, threshold)
     train.report("dev (shipped model)", train.metrics(dev_rows, probs, 0.5), 0.5)
     train.report("dev (shipped model)", dev, threshold)
+    parts = train.dev_parts(dev_rows, probs, threshold)
+    parts["alone"] = train.alone_accuracy(model, backend, dev_rows, fmt, threshold)
+    print("    " + ", ".join(f"{k}: {v:.4f}" for k, v in parts.items()))
     if args.final_test:
         test_rows = common.steps_of(common.load_split("test"))
         tprobs = train.predict(model, train.encode_rows(backend, test_rows, fmt))

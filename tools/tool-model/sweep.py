@@ -39,6 +39,15 @@ GRIDS = {
                   ["--method=lora", "--rank=16", "--lr=5e-4", "--epochs=6"]]
         for s in (0, 1, 2)
     ],
+    # The retrain with the added conversations (1 history turn, 3 seeds each): as before; plus a
+    # copy of every train step with history sent alone (first turns / single-turn requests); plus
+    # half of them; plus the old template set as extra single-turn cases.
+    "l6-added": [
+        ["--history-turns=1", f"--seed={s}"] + m
+        for m in [[], ["--alone-copies=1.0"], ["--alone-copies=0.5"],
+                  ["--extra-cases=" + os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "train.jsonl")]]
+        for s in (0, 1, 2)
+    ],
     # The second base (paraphrase-MiniLM-L3-v2).
     "l3": [
         m + [f"--seed={s}"]

@@ -149,6 +149,29 @@ def pick_threshold(rows, probs):
     return longest[len(longest) // 2]
 
 
+def dev_parts(rows, probs, threshold):
+    """Accuracy on the original dev conversations and on the added ones (`added-*`)."""
+    out = {}
+    for name, keep in (("original", lambda r: not r["conversation"].startswith("added-")),
+                       ("added", lambda r: r["conversation"].startswith("added-"))):
+        sel = [(r, p) for r, p in zip(rows, probs) if keep(r)]
+        if sel:
+            out[name] = metrics([r for r, _ in sel], [p for _, p in sel], threshold)["accuracy"]
+    return out
+
+
+def alone_rows(rows):
+    """The same steps with no history: the utterance alone, as the first turn of a session is sent."""
+    return [dict(r, history=[]) for r in rows]
+
+
+def alone_accuracy(model, backend, rows, fmt, threshold):
+    """Dev accuracy when every step is sent without history (a proxy for first turns and for
+    single-turn case files, which the conversations have few of: most first turns are "no")."""
+    rows = alone_rows(rows)
+    return metrics(rows, predict(model, encode_rows(backend, rows, fmt)), threshold)["accuracy"]
+
+
 def report(name, m, threshold):
     cats = " ".join(f"{k[:10]}={v:.2f}" for k, v in m["categories"].items())
     print(f"{name} @ {threshold:.2f}: accuracy {m['accuracy']:.4f}, precision {m['precision']:.3f}, "
@@ -193,6 +216,13 @@ def main(argv=None):
     ap.add_argument("--tag", default="")
     ap.add_argument("--dump", help="write the dev steps with the shipped model's yes-probability (JSONL)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--extra-cases", action="append", default=[],
+                    help="also train on this single-turn case file (yap tool-eval --cases format), e.g. "
+                         "the old template set data/train.jsonl; repeatable")
+    ap.add_argument("--alone-copies", type=float, default=0.0,
+                    help="also train on this fraction (0-1, chosen at random by --seed) of the train steps that "
+                         "have history, sent with the history removed (the utterance alone, like a session's first "
+                         "turn); 0 = off")
     args = ap.parse_args(argv)
     if not args.lr:
         args.lr = 1e-4 if args.method == "full" else 1e-3
@@ -232,6 +262,11 @@ def main(argv=None):
           flush=True)
 
     train_rows = common.steps_of(common.load_split("train"), args.assistant)
+    if args.alone_copies:
+        pick = random.Random(args.seed)
+        train_rows += alone_rows([r for r in train_rows if r["history"] and pick.random() < args.alone_copies])
+    for path in args.extra_cases:
+        train_rows += common.load_cases(path)
     dev_rows = common.steps_of(common.load_split("dev"), args.assistant)
     train_enc = encode_rows(backend, train_rows, args)
     dev_enc = encode_rows(backend, dev_rows, args)
@@ -321,12 +356,17 @@ def main(argv=None):
                 f.write(json.dumps(dict(r, p=round(p, 4))) + "\n")
     report("dev (shipped model) ", m05, 0.5)
     report("dev (shipped model) ", mt, threshold)
+    parts = dev_parts(dev_rows, probs, threshold)
+    parts["alone"] = alone_accuracy(model, backend, dev_rows, args, threshold)
+    print("    " + ", ".join(f"{k}: {v:.4f}" for k, v in parts.items()))
     delta_bytes = sum(t.numel() for t in delta.values()) * 2  # shipped as float16
     result = {
         "tag": args.tag, "base": args.base, "method": args.method, "rank": args.rank if args.method == "lora" else None,
         "delta_rank": args.delta_rank, "epochs": args.epochs, "lr": args.lr, "batch": args.batch, "seed": args.seed,
         "max_tokens": args.max_tokens, "history_turns": args.history_turns, "join": args.join,
-        "assistant": args.assistant, "threshold": threshold, "dev_at_0.5": m05["accuracy"],
+        "assistant": args.assistant, "extra_cases": args.extra_cases, "alone_copies": args.alone_copies,
+        "dev_parts": parts,
+        "threshold": threshold, "dev_at_0.5": m05["accuracy"],
         "dev": {k: v for k, v in mt.items() if k != "confusion"}, "delta_mb": round(delta_bytes / 1e6, 2),
         "seconds": round(time.time() - t_start), "compressed": compressed,
         "trained_dev": metrics(dev_rows, trained_probs, pick_threshold(dev_rows, trained_probs))["accuracy"],
