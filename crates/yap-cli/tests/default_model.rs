@@ -109,7 +109,8 @@ async fn persona_style_changes_the_tone() {
             &[
                 "don't worry",
                 "it's okay",
-                "happens",
+                "that's okay",
+                "happen",
                 "next time",
                 "you'll",
                 "you got",
