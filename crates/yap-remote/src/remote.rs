@@ -199,12 +199,25 @@ impl Drop for RemoteEngine {
     }
 }
 
+/// A replica is healthy when its health path answers 2xx, or else its `/v1/models` does: a
+/// router (vllm-router, sglang-router) answers 503 on `/health` as soon as one of its workers is
+/// down, while it still serves every session on the others.
 async fn check_health(shared: &Shared, r: &Replica) -> bool {
-    let url = format!("{}{}", r.base, shared.config.health_path);
-    let ok = matches!(
-        shared.client.get(&url).timeout(Duration::from_secs(2)).send().await,
-        Ok(resp) if resp.status().is_success()
-    );
+    let get = |path: &str| {
+        let mut req = shared
+            .client
+            .get(format!("{}{path}", r.base))
+            .timeout(Duration::from_secs(2));
+        if let Some(key) = &shared.config.api_key {
+            req = req.bearer_auth(key);
+        }
+        req.send()
+    };
+    let ok = match get(&shared.config.health_path).await {
+        Ok(resp) if resp.status().is_success() => true,
+        Ok(_) => matches!(get("/v1/models").await, Ok(resp) if resp.status().is_success()),
+        Err(_) => false,
+    };
     r.mark(ok, "health check failed");
     ok
 }
