@@ -22,6 +22,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+/// Read buffer reserved per connection (client messages are small JSON frames).
+const READ_BUFFER_BYTES: usize = 4096;
+
 /// The server's WebSocket over an upgraded connection.
 pub type Socket = WebSocketStream<HalfCloseIo<TokioIo<hyper::upgrade::Upgraded>>>;
 
@@ -81,7 +84,10 @@ pub async fn socket(req: Request, max_bytes: usize) -> Option<(Socket, HalfClose
         inner: TokioIo::new(upgraded),
         half: half.clone(),
     };
+    // tungstenite reserves its whole read buffer per connection (128 KiB by default, most of
+    // an idle connection's memory); larger messages still arrive, the buffer grows for them.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(max_bytes))
         .max_frame_size(Some(max_bytes));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
