@@ -24,7 +24,9 @@ step clippy cargo clippy --release --workspace --all-targets "${FEATURES[@]}" --
 # yap-core and yap-server build without llama.cpp (issue 10): the engine is a crate of its own.
 step "core without llama.cpp" bash -c \
   '! cargo tree -p yap-core -p yap-server -e normal | grep -q llama-cpp && echo "yap-core, yap-server: no llama.cpp"'
-step build cargo build --release "${FEATURES[@]}"
+# The test build (dev-dependencies unify some crates' features differently from a plain
+# `cargo build`, which would compile them twice); it also builds target/release/yap.
+step build cargo test --release --workspace "${FEATURES[@]}" --no-run
 YAP_DEFAULT_MODEL="$(./target/release/yap fetch-model | tail -n 1)"
 export YAP_DEFAULT_MODEL
 YAP_DEFAULT_TOOL_MODEL="$(./target/release/yap fetch-model --tool | tail -n 1)"
