@@ -199,9 +199,11 @@ impl Drop for RemoteEngine {
     }
 }
 
-/// A replica is healthy when its health path answers 2xx, or else its `/v1/models` does: a
+/// A replica is healthy when its health path answers 2xx, or else its `/readiness` does: a
 /// router (vllm-router, sglang-router) answers 503 on `/health` as soon as one of its workers is
-/// down, while it still serves every session on the others.
+/// down, while it still serves every session on the others and says so on `/readiness`. Engines
+/// have no `/readiness` (404), so a sick engine stays unhealthy (`/v1/models` would not do: vLLM's
+/// API server lists its model even when its engine has died).
 async fn check_health(shared: &Shared, r: &Replica) -> bool {
     let get = |path: &str| {
         let mut req = shared
@@ -215,7 +217,7 @@ async fn check_health(shared: &Shared, r: &Replica) -> bool {
     };
     let ok = match get(&shared.config.health_path).await {
         Ok(resp) if resp.status().is_success() => true,
-        Ok(_) => matches!(get("/v1/models").await, Ok(resp) if resp.status().is_success()),
+        Ok(_) => matches!(get("/readiness").await, Ok(resp) if resp.status().is_success()),
         Err(_) => false,
     };
     r.mark(ok, "health check failed");
