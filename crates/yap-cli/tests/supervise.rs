@@ -175,6 +175,8 @@ async fn launched_engine_is_supervised_restarted_and_stopped() {
     }
     let new_pid = sup.pid() as i32;
     assert!(new_pid != pid && alive(new_pid));
+    // /healthz counts the restart once.
+    assert_eq!(healthz(&r).await["engine_stats"]["restarts"], 1);
     send(
         &mut ws,
         json!({"type":"start","session_id":"sup","user_utterance":"again","request_id":"after"}),

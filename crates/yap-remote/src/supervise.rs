@@ -334,9 +334,9 @@ async fn supervise(cfg: SupervisorConfig, state: Arc<State>) {
             return;
         }
         let ran = started.elapsed();
-        warn!(target: "engine", "[{}] exited ({exit:?}) after {ran:.1?}; restarting in {backoff:?}", cfg.label);
+        let exit = exit.map_or_else(|| "unknown status".to_owned(), |e| e.to_string());
+        warn!(target: "engine", "[{}] exited ({exit}) after {ran:.1?}; restarting in {backoff:?}", cfg.label);
         state.restarts.fetch_add(1, Ordering::AcqRel);
-        metrics::counter!("yap_engine_restarts_total").increment(1);
         metrics::counter!("yap_engine_restarts_total").increment(1);
         if ran > Duration::from_secs(60) {
             backoff = cfg.backoff_initial;
@@ -411,6 +411,9 @@ impl yap_engine_api::ChatEngine for SupervisedEngine {
     }
 
     fn stats(&self) -> yap_engine_api::EngineStats {
-        self.inner.stats()
+        yap_engine_api::EngineStats {
+            restarts: self.supervisor.restarts(),
+            ..self.inner.stats()
+        }
     }
 }
