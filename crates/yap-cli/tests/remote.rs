@@ -269,3 +269,17 @@ async fn timeouts_are_per_phase_not_one_total_cap() {
     );
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_model_name_comes_from_the_engine_when_none_is_given() {
+    // Issue 13 #8: the name was the local model file's ("tiny"); vLLM answers 404 to that.
+    let d = double(1).await;
+    let r = server(&["--engine=openai", &url(&d), "--chat-max-out=4"]).await;
+    let mut ws = connect(&r).await;
+    send(&mut ws, start("name", "hello", "1")).await;
+    let frames = read_turn(&mut ws).await;
+    assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
+    let (_, last) = http(d.addr, "GET", "/last").await;
+    assert_eq!(last["model"], "double-model", "{last}");
+    r.stop().await;
+}
