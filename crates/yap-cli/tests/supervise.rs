@@ -435,3 +435,55 @@ async fn a_taken_engine_port_is_refused_at_start() {
     drop(holder);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_503_loading_while_a_launched_engine_starts() {
+    // Issue 13 #3: Yap listens at once; before, it listened only once the engine was ready.
+    let dir = std::env::temp_dir().join(format!("yap-sup-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, engine_port) = (free_port(), free_port());
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--host=127.0.0.1".into(),
+        format!("--port={port}"),
+        format!("--api-key={KEY}"),
+        "--max-concurrent-connections=4".into(),
+        format!("--model={}", tiny_model().display()),
+    ];
+    args.extend(double_engine_args(engine_port, &dir.join("server.log")));
+    for a in &mut args {
+        if a.starts_with("--engine-bin=") {
+            a.push_str(" --startup-ms 3000");
+        }
+    }
+    let mut child = std::process::Command::new(YAP)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut loading = None;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let (code, body) = http(addr, "GET", "/healthz").await;
+            if code == 503 && loading.is_none() {
+                loading = Some(body);
+            } else if code == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "yap never became healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = loading.expect("a 503 while the engine loaded");
+    assert_eq!(body["status"], "loading", "{body}");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

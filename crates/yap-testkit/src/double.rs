@@ -37,6 +37,9 @@ pub struct DoubleArgs {
     /// Their pids are listed at `GET /stats` (`helpers`).
     #[arg(long)]
     pub spawn_grandchild: bool,
+    /// Milliseconds to wait before listening, like an engine loading its weights.
+    #[arg(long, default_value_t = 0)]
+    pub startup_ms: u64,
     /// Anything else (engine-style arguments when launched as a fake `vllm serve`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     pub rest: Vec<String>,
@@ -228,6 +231,7 @@ pub async fn run(args: &DoubleArgs) -> Result<()> {
         })
         .context("--port is required")?;
     eprintln!("engine-double args: {}", args.rest.join(" "));
+    tokio::time::sleep(std::time::Duration::from_millis(args.startup_ms)).await;
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), port)).await?;
     eprintln!("engine-double listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await?;
