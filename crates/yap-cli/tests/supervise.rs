@@ -336,7 +336,14 @@ async fn no_engine_process_outlives_a_crash_restart_or_a_stop() {
 }
 
 /// `yap serve` as its own process, launching the double; returns it once healthy.
-async fn yap_process(port: u16, engine_port: u16, log: &std::path::Path) -> std::process::Child {
+/// `yap serve` as a process launching the engine double (`engine_flags` appended to its command
+/// line); returns it once healthy, with the first 503 body `/healthz` gave while it loaded.
+async fn yap_process(
+    port: u16,
+    engine_port: u16,
+    log: &std::path::Path,
+    engine_flags: &str,
+) -> (std::process::Child, Option<serde_json::Value>) {
     let mut args: Vec<String> = vec![
         "serve".into(),
         "--host=127.0.0.1".into(),
@@ -348,6 +355,11 @@ async fn yap_process(port: u16, engine_port: u16, log: &std::path::Path) -> std:
         "--deploy-mode=chat".into(),
     ];
     args.extend(double_engine_args(engine_port, log));
+    for a in &mut args {
+        if a.starts_with("--engine-bin=") {
+            a.push_str(engine_flags);
+        }
+    }
     let mut child = std::process::Command::new(YAP)
         .args(&args)
         .stdin(std::process::Stdio::null())
@@ -357,6 +369,7 @@ async fn yap_process(port: u16, engine_port: u16, log: &std::path::Path) -> std:
         .unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut loading = None;
     loop {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             let (code, body) = http(addr, "GET", "/healthz").await;
@@ -370,13 +383,14 @@ async fn yap_process(port: u16, engine_port: u16, log: &std::path::Path) -> std:
                     body["reason"].as_str().is_some_and(|r| !r.is_empty()),
                     "{body}"
                 );
+                loading.get_or_insert(body);
             }
         }
         assert!(child.try_wait().unwrap().is_none(), "yap exited early");
         assert!(Instant::now() < deadline, "yap never became healthy");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    child
+    (child, loading)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,7 +402,7 @@ async fn sigterm_or_sigkill_of_yap_leaves_no_engine_process() {
         nix::sys::signal::Signal::SIGTERM,
     ] {
         let engine_port = free_port();
-        let mut yap = yap_process(free_port(), engine_port, &dir.join("server.log")).await;
+        let (mut yap, _) = yap_process(free_port(), engine_port, &dir.join("server.log"), "").await;
         let (engine, helpers) = engine_pids(engine_port).await;
         let guard = procs::process(engine).unwrap().ppid;
         assert_eq!(procs::process(guard).unwrap().ppid, yap.id() as i32);
@@ -441,43 +455,9 @@ async fn healthz_answers_503_loading_while_a_launched_engine_starts() {
     // Issue 13 #3: Yap listens at once; before, it listened only once the engine was ready.
     let dir = std::env::temp_dir().join(format!("yap-sup-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (port, engine_port) = (free_port(), free_port());
-    let mut args: Vec<String> = vec![
-        "serve".into(),
-        "--host=127.0.0.1".into(),
-        format!("--port={port}"),
-        format!("--api-key={KEY}"),
-        "--max-concurrent-connections=4".into(),
-        format!("--model={}", tiny_model().display()),
-    ];
-    args.extend(double_engine_args(engine_port, &dir.join("server.log")));
-    for a in &mut args {
-        if a.starts_with("--engine-bin=") {
-            a.push_str(" --startup-ms 3000");
-        }
-    }
-    let mut child = std::process::Command::new(YAP)
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut loading = None;
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            let (code, body) = http(addr, "GET", "/healthz").await;
-            if code == 503 && loading.is_none() {
-                loading = Some(body);
-            } else if code == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "yap never became healthy");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let log = dir.join("server.log");
+    let (mut child, loading) =
+        yap_process(free_port(), free_port(), &log, " --startup-ms 3000").await;
     let body = loading.expect("a 503 while the engine loaded");
     assert_eq!(body["status"], "loading", "{body}");
     let _ = nix::sys::signal::kill(
