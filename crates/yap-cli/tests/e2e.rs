@@ -452,3 +452,91 @@ async fn history_is_trimmed_in_chunks_and_utterances_are_cut() {
     );
     r.stop().await;
 }
+
+/// One greedy WS turn of `session`; returns the reply text.
+async fn greedy_turn(ws: &mut yap_cli::client::Ws, session: &str, text: &str) -> String {
+    let mut m = start(session, text, "g");
+    m["sampling"] = json!({"temperature": 0.0});
+    send(ws, m).await;
+    let frames = read_turn(ws).await;
+    assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
+    frames
+        .iter()
+        .filter(|f| f["type"] == "token")
+        .map(|f| f["text"].as_str().unwrap_or_default())
+        .collect()
+}
+
+/// Sessions' turns, in order, on a server with one KV stream per sequence; `runner` keeps a
+/// long OpenAI generation running meanwhile (so idle caches get moved out of its way).
+async fn split_kv_replies(runner: bool) -> (Vec<String>, u64) {
+    let r = server(&[
+        "--kv-unified=false",
+        "--max-sequences=5",
+        "--kv-tokens=10240",
+        "--chat-max-len=2048",
+        "--chat-max-out=16",
+    ])
+    .await;
+    let long = runner.then(|| {
+        let addr = r.addr;
+        tokio::spawn(async move {
+            let body = json!({"messages":[{"role":"user","content":"Go on and on."}],
+                              "max_tokens":1900,"temperature":0.0});
+            let auth = format!("Bearer {KEY}");
+            http_json(
+                addr,
+                "/v1/chat/completions",
+                &body.to_string(),
+                &[("Authorization", &auth)],
+            )
+            .await
+        })
+    });
+    if runner {
+        // The runner holds slot 0 before the sessions arrive.
+        let t0 = Instant::now();
+        while healthz(&r).await["engine_stats"]["active_generations"] == 0 {
+            assert!(t0.elapsed() < T, "the runner never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let mut ws = connect(&r).await;
+    let mut replies = Vec::new();
+    let script = [
+        ("a", "Tell me about the sea."),
+        ("b", "What is your favourite colour?"),
+        ("c", "Sing me something."),
+        ("a", "And then what?"),
+        ("b", "Why that one?"),
+        ("c", "Again, slower."),
+        ("a", "One more thing."),
+    ];
+    for (session, text) in script {
+        replies.push(greedy_turn(&mut ws, session, text).await);
+    }
+    let moves = healthz(&r).await["engine_stats"]["kv_moves"]
+        .as_u64()
+        .unwrap();
+    if let Some(h) = long {
+        let (status, _) = h.await.unwrap();
+        assert_eq!(status, 200);
+    }
+    r.stop().await;
+    (replies, moves)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_kv_streams_keep_every_sessions_cache_exact() {
+    // Reference: the same turns with nothing else running, so no cache ever moves.
+    let (alone, moves) = split_kv_replies(false).await;
+    assert_eq!(moves, 0);
+    // With a long generation in slot 0, each new session runs next to it, in slot 1, and the
+    // idle caches there move up; returning sessions swap back down.
+    let (beside, moves) = split_kv_replies(true).await;
+    assert!(
+        moves >= 3,
+        "only {moves} moves: the test did not exercise them"
+    );
+    assert_eq!(alone, beside, "a moved cache changed a reply");
+}

@@ -187,6 +187,9 @@ pub struct EngineStats {
     pub shared_prefix_tokens: u64,
     /// KV cells in use now (embedded engine).
     pub kv_cells_used: u64,
+    /// Idle caches moved between KV streams to keep running sequences together (embedded
+    /// engine, one stream per sequence).
+    pub kv_moves: u64,
     /// Engine process restarts (launched engines).
     pub restarts: u64,
 }

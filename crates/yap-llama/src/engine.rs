@@ -164,6 +164,7 @@ struct Counters {
     generations: AtomicU64,
     cached_prompt_tokens: AtomicU64,
     kv_used: AtomicU64,
+    kv_moves: AtomicU64,
 }
 
 /// The embedded llama.cpp engine.
@@ -333,6 +334,7 @@ impl ChatEngine for LlamaEngine {
             cached_prompt_tokens: c.cached_prompt_tokens.load(Ordering::Relaxed),
             shared_prefix_tokens: c.shared_prefix_tokens.load(Ordering::Relaxed),
             kv_cells_used: c.kv_used.load(Ordering::Relaxed),
+            kv_moves: c.kv_moves.load(Ordering::Relaxed),
             restarts: 0,
         }
     }
@@ -410,7 +412,8 @@ fn decode_thread(
             ctx.n_ctx() as usize,
             config.share_prefixes,
             MIN_SHARED_PREFIX,
-        ),
+        )
+        .compacting(!config.kv_unified),
         active: Vec::new(),
         waiting: VecDeque::new(),
         batch_tokens: config.batch_tokens as usize,
@@ -507,8 +510,10 @@ impl Scheduler<'_> {
         true
     }
 
-    /// Applies KV operations; an operation the model cannot do forgets that slot's cache.
+    /// Applies KV operations; an operation the model cannot do forgets that slot's cache, and so
+    /// does a later copy out of a slot forgotten so (a move through a free slot stays exact).
     fn apply(&mut self, ops: Vec<KvOp>) {
+        let mut lost: Vec<usize> = Vec::new();
         for op in ops {
             let ok = match op {
                 KvOp::Clear(slot) => self
@@ -519,9 +524,15 @@ impl Scheduler<'_> {
                     .ctx
                     .clear_kv_cache_seq(Some(slot as u32), Some(from as u32), None)
                     .unwrap_or(false),
-                KvOp::Share { src, dst, len } => self.share(src, dst, len),
+                KvOp::Share { src, dst, len } => !lost.contains(&src) && self.share(src, dst, len),
+                KvOp::Move { src, dst } => !lost.contains(&src) && self.relocate(src, dst),
             };
-            if !ok && let KvOp::Truncate { slot, .. } | KvOp::Share { dst: slot, .. } = op {
+            if !ok
+                && let KvOp::Truncate { slot, .. }
+                | KvOp::Share { dst: slot, .. }
+                | KvOp::Move { dst: slot, .. } = op
+            {
+                lost.push(slot);
                 for clear in self.table.forget(slot) {
                     if let KvOp::Clear(s) = clear {
                         let _ = self.ctx.clear_kv_cache_seq(Some(s as u32), None, None);
@@ -547,6 +558,18 @@ impl Scheduler<'_> {
             && self
                 .ctx
                 .clear_kv_cache_seq(Some(dst as u32), Some(len as u32), None)
+                .unwrap_or(false)
+    }
+
+    /// Moves the whole sequence of `src` into the empty `dst` (a stream copy, or new sequence
+    /// ids on the cells of a unified cache).
+    fn relocate(&mut self, src: usize, dst: usize) -> bool {
+        self.counters.kv_moves.fetch_add(1, Ordering::Relaxed);
+        let (s, d) = (src as i32, dst as i32);
+        self.ctx.copy_kv_cache_seq(s, d, None, None).is_ok()
+            && self
+                .ctx
+                .clear_kv_cache_seq(Some(src as u32), None, None)
                 .unwrap_or(false)
     }
 

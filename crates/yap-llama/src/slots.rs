@@ -11,7 +11,11 @@
 //!   `0..len`) once the ops are applied;
 //! - an active slot is never evicted, truncated or overwritten;
 //! - after a request is admitted, the cells held by all slots plus what active requests may
-//!   still add (their remaining prompt and reply budget) never exceed the KV capacity.
+//!   still add (their remaining prompt and reply budget) never exceed the KV capacity;
+//! - with `compact` (one KV stream per sequence), an admitted request runs in the lowest slot that
+//!   was not active, moving idle caches out of the way: llama.cpp's attention reads every stream
+//!   between the lowest and the highest sequence of a batch, so active sequences kept together
+//!   cost what they use, not what is cached.
 
 use std::collections::HashMap;
 
@@ -29,6 +33,13 @@ pub enum KvOp {
         slot: usize,
         /// First position dropped.
         from: usize,
+    },
+    /// Move the whole sequence of `src` to the empty `dst`, leaving `src` empty.
+    Move {
+        /// Slot moved out of.
+        src: usize,
+        /// Slot moved into.
+        dst: usize,
     },
     /// Make positions `0..len` of `src` the whole sequence of `dst` (cleared first).
     Share {
@@ -81,6 +92,7 @@ pub struct SlotTable {
     capacity: usize,
     share: bool,
     min_shared: usize,
+    compact: bool,
 }
 
 fn lcp(a: &[Token], b: &[Token]) -> usize {
@@ -89,7 +101,8 @@ fn lcp(a: &[Token], b: &[Token]) -> usize {
 
 impl SlotTable {
     /// A table of `slots` sequences sharing `capacity` KV cells; `share` lets a new session copy
-    /// another's cached prefix when it is at least `min_shared` tokens longer than its own.
+    /// another's cached prefix when it is at least `min_shared` tokens longer than its own, or
+    /// take over an idle cache its prompt continues.
     pub fn new(slots: usize, capacity: usize, share: bool, min_shared: usize) -> Self {
         Self {
             slots: vec![Slot::default(); slots.max(1)],
@@ -98,7 +111,14 @@ impl SlotTable {
             capacity,
             share,
             min_shared,
+            compact: false,
         }
+    }
+
+    /// Keeps running requests in the lowest slots (for one KV stream per sequence).
+    pub fn compacting(mut self, compact: bool) -> Self {
+        self.compact = compact;
+        self
     }
 
     /// The tokens a slot's KV holds.
@@ -145,18 +165,94 @@ impl SlotTable {
         self.slots[slot].tokens.clear();
     }
 
-    /// The slot of `key`, assigning a free or least-recently-used idle one; `None` when the key's
-    /// slot is busy or every slot is.
-    fn slot_for(&mut self, key: &str, ops: &mut Vec<KvOp>) -> Option<usize> {
+    /// The slot of `key`: its own, an idle cache the prompt wholly continues (a follow-up sent
+    /// under a new key, as on the OpenAI path), else a free or least-recently-used idle one;
+    /// `None` when the key's slot is busy or every slot is.
+    fn slot_for(&mut self, key: &str, prompt: &[Token], ops: &mut Vec<KvOp>) -> Option<usize> {
         if let Some(&s) = self.by_key.get(key) {
             return (!self.slots[s].active).then_some(s);
         }
-        let free = self.slots.iter().position(|s| s.key.is_none() && !s.active);
-        let s = free.or_else(|| self.lru_idle(None))?;
-        self.evict(s, ops);
+        let s = match self.continued(prompt) {
+            Some(s) => {
+                if let Some(old) = self.slots[s].key.take() {
+                    self.by_key.remove(&old);
+                }
+                s
+            }
+            None => {
+                let free = self.slots.iter().position(|s| s.key.is_none() && !s.active);
+                let s = free.or_else(|| self.lru_idle(None))?;
+                self.evict(s, ops);
+                s
+            }
+        };
         self.slots[s].key = Some(key.to_owned());
         self.by_key.insert(key.to_owned(), s);
         Some(s)
+    }
+
+    /// The idle slot with the longest cache that is a whole prefix of `prompt` (sharing only).
+    fn continued(&self, prompt: &[Token]) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| self.share && !s.active && s.key.is_some() && !s.tokens.is_empty())
+            .filter(|(_, s)| s.tokens.len() >= self.min_shared && prompt.starts_with(&s.tokens))
+            .max_by_key(|(_, s)| s.tokens.len())
+            .map(|(i, _)| i)
+    }
+
+    /// Moves the idle, keyed cache of `src` into the free slot `dst`.
+    fn relocate(&mut self, src: usize, dst: usize, ops: &mut Vec<KvOp>) {
+        let moved = std::mem::take(&mut self.slots[src]);
+        if !moved.tokens.is_empty() {
+            ops.push(KvOp::Move { src, dst });
+        }
+        if let Some(key) = &moved.key {
+            self.by_key.insert(key.clone(), dst);
+        }
+        self.slots[dst] = moved;
+    }
+
+    /// With `compact`, brings `slot` (idle, about to run) down to the lowest slot that is not
+    /// active when that narrows the range of running slots, moving that slot's idle cache up
+    /// (through a free slot when both hold caches).
+    fn compact_to_low(&mut self, slot: usize, ops: &mut Vec<KvOp>) -> usize {
+        let running = self.slots.iter().enumerate().filter(|(_, s)| s.active);
+        let (lo, hi) = running.fold((usize::MAX, 0), |(lo, hi), (i, _)| (lo.min(i), hi.max(i)));
+        if !self.compact || lo == usize::MAX {
+            return slot;
+        }
+        let span = |x: usize| hi.max(x) - lo.min(x);
+        let Some(low) = (0..slot).find(|&i| !self.slots[i].active) else {
+            return slot;
+        };
+        if span(low) >= span(slot) {
+            return slot;
+        }
+        let is_free = |s: &Slot| s.key.is_none() && s.tokens.is_empty() && !s.active;
+        if is_free(&self.slots[low]) {
+            self.relocate(slot, low, ops);
+        } else if self.slots[slot].tokens.is_empty() {
+            // A fresh slot: the idle cache below moves up into it.
+            let mine = std::mem::take(&mut self.slots[slot]);
+            self.relocate(low, slot, ops);
+            self.slots[low] = mine;
+            if let Some(key) = &self.slots[low].key {
+                self.by_key.insert(key.clone(), low);
+            }
+        } else {
+            let Some(tmp) = (0..self.slots.len())
+                .rev()
+                .find(|&i| i != slot && i != low && is_free(&self.slots[i]))
+            else {
+                return slot;
+            };
+            self.relocate(low, tmp, ops);
+            self.relocate(slot, low, ops);
+            self.relocate(tmp, slot, ops);
+        }
+        low
     }
 
     /// Keeps the longest usable prefix in `slot`: its own, or a longer one shared from another
@@ -200,9 +296,10 @@ impl SlotTable {
     /// The returned ops must be applied whatever the outcome.
     pub fn admit(&mut self, key: &str, prompt: &[Token], max_new: usize) -> (Vec<KvOp>, Outcome) {
         let mut ops = Vec::new();
-        let Some(slot) = self.slot_for(key, &mut ops) else {
+        let Some(slot) = self.slot_for(key, prompt, &mut ops) else {
             return (ops, Outcome::Wait);
         };
+        let slot = self.compact_to_low(slot, &mut ops);
         // At least one prompt token is fed again so the model yields logits for the reply.
         let cap = if max_new > 0 {
             prompt.len().saturating_sub(1)
@@ -427,6 +524,100 @@ mod tests {
         assert!(t.release("nobody").is_empty());
     }
 
+    /// What a KV cache with one stream per sequence holds after `ops` (the engine's semantics).
+    fn apply_model(model: &mut [Vec<Token>], ops: &[KvOp]) {
+        for op in ops {
+            match *op {
+                KvOp::Clear(s) => model[s].clear(),
+                KvOp::Truncate { slot, from } => model[slot].truncate(from),
+                KvOp::Share { src, dst, len } => model[dst] = model[src][..len].to_vec(),
+                KvOp::Move { src, dst } => model[dst] = std::mem::take(&mut model[src]),
+            }
+        }
+    }
+
+    #[test]
+    fn a_follow_up_under_a_new_key_continues_the_idle_cache_it_extends() {
+        let mut t = SlotTable::new(4, 1000, true, 4);
+        let first: Vec<Token> = (0..20).collect();
+        let (_, s, _) = run(&mut t, "api:1", &first, 5);
+        t.fed(s, &[50, 51, 52]);
+        t.finish(s);
+        let mut follow = t.held(s).to_vec();
+        follow.extend([60, 61]);
+        let (ops, out) = t.admit("api:2", &follow, 5);
+        assert!(ops.is_empty(), "nothing is copied: {ops:?}");
+        assert!(matches!(out, Outcome::Run { slot, shared: 0 } if slot == s));
+        assert_eq!(t.sessions(), 1, "the old key is gone");
+        // A prompt that diverges inside the cache copies instead (the donor keeps its cache).
+        t.finish(s);
+        let mut other = first[..10].to_vec();
+        other.extend([70; 10]);
+        let (ops, out) = t.admit("api:3", &other, 5);
+        let Outcome::Run { slot, shared: 10 } = out else {
+            panic!("{out:?}")
+        };
+        assert_ne!(slot, s);
+        assert!(matches!(ops.as_slice(), [KvOp::Share { len: 10, .. }]));
+    }
+
+    #[test]
+    fn with_compaction_running_requests_stay_together_at_the_bottom() {
+        let mut t = SlotTable::new(8, 10_000, false, 4).compacting(true);
+        let mut model = vec![Vec::new(); 8];
+        let mut admit = |t: &mut SlotTable, key: &str, prompt: &[Token]| {
+            let (ops, out) = t.admit(key, prompt, 4);
+            apply_model(&mut model, &ops);
+            let Outcome::Run { slot, .. } = out else {
+                panic!("{out:?}")
+            };
+            let keep = t.held(slot).len();
+            model[slot].extend_from_slice(&prompt[keep..]);
+            t.fed(slot, &prompt[keep..]);
+            for (i, m) in model.iter().enumerate() {
+                assert_eq!(t.held(i), m.as_slice(), "slot {i} after {ops:?}");
+            }
+            slot
+        };
+        // Five sessions leave caches in slots 0..5; each ran alone, so nothing moved.
+        for k in 0..5u32 {
+            let s = admit(&mut t, &format!("s{k}"), &[k, k, k, k, k]);
+            assert_eq!(s, k as usize);
+            t.finish(s);
+        }
+        // s0 runs in 0; a new session would take free slot 5, but runs in 1, next to it: s1's
+        // idle cache moves up into 5.
+        let s0 = admit(&mut t, "s0", &[0, 0, 0, 0, 0, 1]);
+        assert_eq!(s0, 0);
+        let y = admit(&mut t, "y", &[8; 6]);
+        assert_eq!(y, 1);
+        assert_eq!(t.by_key["s1"], 5);
+        // s4 returns while slots 0 and 1 run: it swaps with s2's idle cache (through free
+        // slot 7), into 2.
+        let s4 = admit(&mut t, "s4", &[4, 4, 4, 4, 4, 1]);
+        assert_eq!(s4, 2);
+        assert_eq!(t.by_key["s2"], 4);
+        assert_eq!(t.sessions(), 6, "no cache was lost");
+        // y is done: s3 returns into y's slot, between the two running ones.
+        t.finish(y);
+        let s3 = admit(&mut t, "s3", &[3, 3, 3, 3, 3, 1]);
+        assert_eq!(s3, 1);
+        assert_eq!(t.by_key["y"], 3);
+        for k in [s0, s4, s3] {
+            t.finish(k);
+        }
+        // With no free slot to swap through, a returning session stays where it is.
+        for k in ["f6", "f7"] {
+            let s = admit(&mut t, k, &[7; 5]);
+            t.finish(s);
+        }
+        let s0 = admit(&mut t, "s0", &[0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(s0, 0);
+        let s2 = admit(&mut t, "s2", &[2, 2, 2, 2, 2, 1]);
+        assert_eq!(s2, 4);
+        assert_eq!(t.sessions(), 8);
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         Admit(u8, Vec<u8>, u8),
@@ -445,46 +636,79 @@ mod tests {
         ]
     }
 
+    fn check_history(steps: Vec<Step>, compact: bool) -> Result<(), TestCaseError> {
+        let mut t = SlotTable::new(3, 120, true, 2).compacting(compact);
+        let mut model = vec![Vec::new(); 3];
+        let mut running: HashMap<u8, (usize, usize)> = HashMap::new(); // key → (slot, budget)
+        for s in steps {
+            match s {
+                Step::Admit(k, p, n) => {
+                    if running.contains_key(&k) {
+                        continue;
+                    }
+                    let prompt: Vec<Token> = p.iter().map(|&x| Token::from(x)).collect();
+                    let (ops, out) = t.admit(&k.to_string(), &prompt, n as usize);
+                    apply_model(&mut model, &ops);
+                    if let Outcome::Run { slot, .. } = out {
+                        prop_assert!(running.values().all(|&(s, _)| s != slot));
+                        prop_assert!(t.committed() <= 120);
+                        let keep = t.held(slot).len();
+                        prop_assert_eq!(t.held(slot), &prompt[..keep]);
+                        t.fed(slot, &prompt[keep..]);
+                        model[slot].extend_from_slice(&prompt[keep..]);
+                        running.insert(k, (slot, n as usize));
+                    }
+                }
+                Step::Feed(k) => {
+                    if let Some((slot, budget)) = running.get_mut(&k)
+                        && *budget > 0
+                    {
+                        t.fed(*slot, &[9]);
+                        model[*slot].push(9);
+                        *budget -= 1;
+                    }
+                }
+                Step::Finish(k) => {
+                    if let Some((slot, _)) = running.remove(&k) {
+                        t.finish(slot);
+                    }
+                }
+                Step::Release(k) => {
+                    let ops = t.release(&k.to_string());
+                    apply_model(&mut model, &ops);
+                    if running.contains_key(&k) {
+                        prop_assert!(ops.is_empty());
+                    }
+                }
+            }
+            prop_assert!(t.committed() <= 120 || running.is_empty());
+            prop_assert_eq!(
+                t.by_key.len(),
+                t.slots.iter().filter(|s| s.key.is_some()).count()
+            );
+            for (key, &slot) in &t.by_key {
+                prop_assert_eq!(t.slots[slot].key.as_deref(), Some(key.as_str()));
+            }
+            for (i, m) in model.iter().enumerate() {
+                prop_assert_eq!(t.held(i), m.as_slice(), "slot {} differs from the KV", i);
+                prop_assert!(t.slots[i].key.is_some() || m.is_empty());
+            }
+            for (k, &(slot, _)) in &running {
+                prop_assert_eq!(t.by_key.get(&k.to_string()), Some(&slot));
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #[test]
         fn invariants_hold_over_random_histories(steps in proptest::collection::vec(step(), 1..80)) {
-            let mut t = SlotTable::new(3, 120, true, 2);
-            let mut running: HashMap<u8, (usize, usize)> = HashMap::new(); // key → (slot, budget)
-            for s in steps {
-                match s {
-                    Step::Admit(k, p, n) => {
-                        if running.contains_key(&k) { continue; }
-                        let prompt: Vec<Token> = p.iter().map(|&x| Token::from(x)).collect();
-                        let (_, out) = t.admit(&k.to_string(), &prompt, n as usize);
-                        if let Outcome::Run { slot, .. } = out {
-                            prop_assert!(running.values().all(|&(s, _)| s != slot));
-                            prop_assert!(t.committed() <= 120);
-                            let keep = t.held(slot).len();
-                            prop_assert_eq!(t.held(slot), &prompt[..keep]);
-                            t.fed(slot, &prompt[keep..]);
-                            running.insert(k, (slot, n as usize));
-                        }
-                    }
-                    Step::Feed(k) => {
-                        if let Some((slot, budget)) = running.get_mut(&k) && *budget > 0 {
-                            t.fed(*slot, &[9]);
-                            *budget -= 1;
-                        }
-                    }
-                    Step::Finish(k) => {
-                        if let Some((slot, _)) = running.remove(&k) { t.finish(slot); }
-                    }
-                    Step::Release(k) => {
-                        let ops = t.release(&k.to_string());
-                        if running.contains_key(&k) { prop_assert!(ops.is_empty()); }
-                    }
-                }
-                prop_assert!(t.committed() <= 120 || running.is_empty());
-                prop_assert_eq!(t.by_key.len(), t.slots.iter().filter(|s| s.key.is_some()).count());
-                for (key, &slot) in &t.by_key {
-                    prop_assert_eq!(t.slots[slot].key.as_deref(), Some(key.as_str()));
-                }
-            }
+            check_history(steps, false)?;
+        }
+
+        #[test]
+        fn invariants_hold_over_random_histories_with_compaction(steps in proptest::collection::vec(step(), 1..80)) {
+            check_history(steps, true)?;
         }
     }
 }

@@ -41,6 +41,7 @@ pub(crate) fn health(state: &AppState) -> (StatusCode, Value) {
             "cached_prompt_tokens": stats.cached_prompt_tokens,
             "shared_prefix_tokens": stats.shared_prefix_tokens,
             "kv_cells_used": stats.kv_cells_used,
+            "kv_moves": stats.kv_moves,
             "restarts": stats.restarts,
         },
         "tool": core.tool().map(|t| {

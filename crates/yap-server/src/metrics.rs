@@ -179,6 +179,12 @@ pub const CATALOG: &[(&str, Kind, &str, &str)] = &[
         "KV cache cells in use in the embedded engine.",
     ),
     (
+        "yap_kv_moves_total",
+        Kind::Counter,
+        "",
+        "Idle caches the embedded engine moved between KV streams to keep running sequences together.",
+    ),
+    (
         "yap_engine_active_generations",
         Kind::Gauge,
         "",
@@ -314,6 +320,7 @@ fn sample(state: &AppState) {
     gauge!("yap_running_turns").set(core.running_turns() as f64);
     gauge!("yap_sessions", "dialect" => "v0").set(core.sessions().len() as f64);
     gauge!("yap_kv_cells_used").set(stats.kv_cells_used as f64);
+    counter!("yap_kv_moves_total").absolute(stats.kv_moves);
     gauge!("yap_engine_active_generations").set(stats.active_generations as f64);
     let ready = if core.readiness().is_ready() {
         1.0
