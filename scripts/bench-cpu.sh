@@ -2,7 +2,8 @@
 # Yap vs llama.cpp's llama-server on this CPU (issue 15, the CPU table): the same GGUF, the same
 # threads, the same client as on the GPU (scripts/bench-gpu-client.py: /v1/chat/completions
 # streaming, cold and warm-prefix turns), runs interleaved (server order alternates between
-# rounds and levels), then `yap bench` over the WebSocket path (TTFB, decode, cancel -> done).
+# rounds and levels; each measurement starts the one server it measures and stops it after),
+# then `yap bench` over the WebSocket path (TTFB, decode, cancel -> done).
 # Tables (one per round, Yap and llama-server side by side): scripts/bench-gpu-report.py
 # "$OUT/rN".
 #
@@ -34,30 +35,43 @@ YAP_PORT=18431
 LLAMA_PORT=18432
 log() { echo "[$(date +%H:%M:%S)] bench-cpu: $*" >&2; }
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; }
 trap cleanup EXIT
 
 wait_http() { # URL
   for _ in $(seq 1 1200); do
     curl -fsS "$1" >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || break
     sleep 0.5
   done
   log "not ready: $1"; return 1
 }
 
-# One llama-server with a slot per stream of the highest level (continuous batching and the
-# prompt cache are on by default), 2048 tokens per slot; one Yap (chat only) with the same
-# per-stream budget.
-"$LLAMA_SERVER" -m "$MODEL" --host 127.0.0.1 --port "$LLAMA_PORT" -t "$THREADS" -tb "$THREADS" \
-  -np "$MAXC" -c $((MAXC * 2048)) --cont-batching --metrics >"$OUT/llama-server.log" 2>&1 &
-pids+=($!)
-TEXT_API_KEY=bench MAX_CONCURRENT_CONNECTIONS=256 DEPLOY_MODE=chat \
-  "$YAP_BIN" serve --model "$MODEL" --host 127.0.0.1 --port "$YAP_PORT" --threads "$THREADS" \
-  --log-file "$OUT/yap.server.log" >"$OUT/yap.log" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$LLAMA_PORT/health" || exit 1
-wait_http "http://127.0.0.1:$YAP_PORT/healthz" || exit 1
+# Only the server being measured runs: on a small machine an idle llama-server's OpenMP
+# workers keep spinning (~80% of a core), which would be measured against the other server.
+# llama-server: a slot per stream of the highest level (continuous batching and the prompt
+# cache are on by default), 2048 tokens per slot; Yap (chat only): the same per-stream budget.
+up() { # SERVER → sets pid, port
+  if [ "$1" = llama-server ]; then
+    port=$LLAMA_PORT
+    "$LLAMA_SERVER" -m "$MODEL" --host 127.0.0.1 --port "$port" -t "$THREADS" -tb "$THREADS" \
+      -np "$MAXC" -c $((MAXC * 2048)) --cont-batching --metrics >>"$OUT/llama-server.log" 2>&1 &
+    pid=$!
+    wait_http "http://127.0.0.1:$port/health" || return 1
+  else
+    port=$YAP_PORT
+    TEXT_API_KEY=bench MAX_CONCURRENT_CONNECTIONS=256 DEPLOY_MODE=chat \
+      "$YAP_BIN" serve --model "$MODEL" --host 127.0.0.1 --port "$port" --threads "$THREADS" \
+      --log-file "$OUT/yap.server.log" >>"$OUT/yap.log" 2>&1 &
+    pid=$!
+    wait_http "http://127.0.0.1:$port/healthz" || return 1
+  fi
+  # One short turn, not recorded: first-use costs stay out of the numbers.
+  python3 scripts/bench-gpu-client.py --url "http://127.0.0.1:$port" --api-key bench -c 1 \
+    --cycles 1 --max-tokens 8 >/dev/null
+}
+down() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; pid=""; sleep 2; }
 
 {
   echo "date: $(date -u +%FT%TZ)"
@@ -79,9 +93,6 @@ record() { # JSON SERVER C ROUND
     "$1" "$2" "$SHAPE" "$3" "$4" >>"$OUT/r$4/results.jsonl"
 }
 
-for url in "http://127.0.0.1:$YAP_PORT" "http://127.0.0.1:$LLAMA_PORT"; do
-  python3 scripts/bench-gpu-client.py --url "$url" --api-key bench -c 1 --cycles 1 --max-tokens 8 >/dev/null
-done
 i=0
 for r in $(seq 1 "$ROUNDS"); do
   mkdir -p "$OUT/r$r"
@@ -89,8 +100,9 @@ for r in $(seq 1 "$ROUNDS"); do
     if [ $((i % 2)) = 0 ]; then order="yap llama-server"; else order="llama-server yap"; fi
     i=$((i + 1))
     for s in $order; do
-      port=$YAP_PORT; [ "$s" = llama-server ] && port=$LLAMA_PORT
+      up "$s" || { log "$s did not start"; down; continue; }
       j="$(client "http://127.0.0.1:$port" "$s" "$c")" || log "client failed: $s c=$c"
+      down
       [ -n "$j" ] && record "$j" "$s" "$c" "$r"
       log "round $r c=$c $s: $(echo "$j" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"aggregate {d[\"aggregate_tps\"]:.1f} tok/s, cold TTFT p50 {d[\"cold\"][\"ttft_ms\"][\"p50\"]:.0f} ms, warm {d[\"warm\"][\"ttft_ms\"][\"p50\"]:.0f} ms")' 2>/dev/null)"
     done
@@ -98,10 +110,12 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 log "yap bench (WebSocket)"
+up yap || exit 1
 TEXT_API_KEY=bench "$YAP_BIN" bench --server "ws://127.0.0.1:$YAP_PORT/ws" \
   -c "$(echo $LEVELS | tr ' ' ',')" -n 16 --cancels 16 --double-ttfb --json |
   python3 -c 'import json,sys; d=json.loads(sys.stdin.read().strip().splitlines()[-1]); d["shape"]=sys.argv[1]; print(json.dumps(d))' "$SHAPE" \
   >>"$OUT/ws.jsonl"
+down
 for r in $(seq 1 "$ROUNDS"); do
   echo; echo "### round $r"; python3 scripts/bench-gpu-report.py "$OUT/r$r"
 done

@@ -5,7 +5,8 @@ tokens/s. Python standard library only (it runs on the bare GPU machine too).
 
 Workload: CONCURRENCY users, each running CYCLES back-to-back cycles of two turns:
   cold  a new conversation: [system: a unique session line + a ~300-token persona, user: Q]
-        (the unique first line means no server can reuse another user's prefix);
+        (the unique first line means no server can reuse another user's prefix; with
+        --shared-persona the persona comes first, as when one companion app serves many users);
   warm  the follow-up: [system, user: Q, assistant: the cold reply, user: Q2], whose prefix
         (system + Q) the server has cached from the cold turn.
 Users start evenly spread over --stagger-s seconds (a steady state of arrivals, not one burst).
@@ -225,7 +226,10 @@ async def user(idx, args, results, run_tag):
     rng = random.Random(f"{run_tag}-{idx}")
     try:
         for cycle in range(args.cycles):
-            system = f"Session {run_tag}-{idx}-{cycle}-{rng.getrandbits(48):012x}. " + PERSONA
+            line = f"Session {run_tag}-{idx}-{cycle}-{rng.getrandbits(48):012x}. "
+            # --shared-persona: every user's system prompt starts with the same persona (one
+            # companion app, many users), which a server may reuse across conversations.
+            system = PERSONA + line if args.shared_persona else line + PERSONA
             q = QUESTIONS[(idx + cycle) % len(QUESTIONS)]
             msgs = [{"role": "system", "content": system}, {"role": "user", "content": q}]
             cold = await turn(http, args, msgs)
@@ -286,6 +290,11 @@ def main():
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--stagger-s", type=float, default=1.0, help="spread of the users' starts")
     p.add_argument("--no-warm", action="store_true", help="cold turns only")
+    p.add_argument(
+        "--shared-persona",
+        action="store_true",
+        help="the persona first and the unique line after it (a prefix shared by all users)",
+    )
     p.add_argument("--label", default="")
     args = p.parse_args()
     out = asyncio.run(main_async(args))

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Markdown tables from scripts/bench-gpu.sh's results (results.jsonl, ws.jsonl): Yap against
-llama-server at each concurrency, as ratios measured in the same run (phase B), then Yap's
-variants alone while llama-server was building (phase A), then Yap over the WebSocket.
+llama-server at each concurrency, as ratios measured in the same run (phase B), the same with
+one persona shared by all users (phase S), then Yap's variants alone while llama-server was
+building (phase A), then Yap over the WebSocket.
 
     scripts/bench-gpu-report.py DIR [DIR...]    # the folders holding results.jsonl / ws.jsonl
 """
@@ -68,10 +69,12 @@ def openai_tables(rows, phase, title):
     return out
 
 
-def aims(rows):
-    """The issue's aims, per model and level, from phase B."""
-    rows = [r for r in rows if r.get("phase", "B") == "B"]
-    out = ["\n#### Aims (phase B: Yap vs llama-server in the same run)\n",
+def aims(rows, phase="B", title="phase B: Yap vs llama-server in the same run"):
+    """The issue's aims, per model and level, from one phase."""
+    rows = [r for r in rows if r.get("phase", "B") == phase]
+    if not rows:
+        return []
+    out = [f"\n#### Aims ({title})\n",
            "| model | streams | Yap | aggregate tok/s ≥ 1.0× | cold TTFT p50 ≤ 1.1× | "
            "Yap warm/cold ≤ 0.5 | 8B @ 32: Yap TTFT p50 < 150 ms |",
            "|---|---|---|---|---|---|---|"]
@@ -121,6 +124,8 @@ def main():
     rows = load(dirs, "results.jsonl")
     lines = (openai_tables(rows, "B", "/v1/chat/completions streaming, Yap vs llama-server")
              + aims(rows)
+             + openai_tables(rows, "S", "one persona shared by all users (--shared-persona)")
+             + aims(rows, "S", "shared persona, same run")
              + openai_tables(rows, "A", "Yap alone while llama-server was compiling (phase A)")
              + ws_tables(load(dirs, "ws.jsonl")))
     print("\n".join(lines))

@@ -20,6 +20,7 @@
 #   5. the report (scripts/bench-gpu-report.py) → $OUT/report.md and stdout.
 #
 # Single steps (same functions):
+#   prep | compare (the same in two calls, below) |
 #   info | server-build | server-wait SECS | export | models SHAPE... | smoke SHAPE |
 #   phase-a SHAPE... | measure SHAPE... (phase B alone, all variants) | collect | report
 #
@@ -125,16 +126,19 @@ cmd_server_build() {
   tar xJf "$CARRY/llama-src.tar.xz" -C "$WORK/llama" --strip-components=1
   local gen=()
   command -v ninja >/dev/null && gen=(-G Ninja)
-  (
+  # setsid: the build outlives the device call that starts it (the machine stays warm between
+  # `prep` and `compare`).
+  setsid bash -c '
+    W="$1"; shift
     SECONDS=0
-    nice -n 19 cmake -S "$WORK/llama" -B "$WORK/llama/build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
+    nice -n 19 cmake -S "$W" -B "$W/build" "$@" -DCMAKE_BUILD_TYPE=Release \
       -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_CUDA_NCCL=OFF -DBUILD_SHARED_LIBS=OFF \
       -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF \
       -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
       -DLLAMA_BUILD_NUMBER=11434 &&
-      nice -n 19 cmake --build "$WORK/llama/build" --target llama-server -j "$(nproc)"
+      nice -n 19 cmake --build "$W/build" --target llama-server -j "$(nproc)"
     echo "llama-server build: exit $?, ${SECONDS}s"
-  ) >"$WORK/llama-build.log" 2>&1 &
+  ' _ "$WORK/llama" "${gen[@]}" >"$WORK/llama-build.log" 2>&1 &
   echo $! >"$WORK/llama-build.pid"
   log "llama-server build started (log $WORK/llama-build.log)"
 }
@@ -187,13 +191,15 @@ cmd_models() {
 }
 
 # Starts a Yap on MODEL with variant VAR (unified|split) on PORT; echoes its pid.
+# VAR: unified | split, optionally -bN for N tokens per decode step (e.g. split-b2048).
 start_yap() { # MODEL VAR PORT
-  local unified=true
-  [ "$2" = split ] && unified=false
+  local unified=true batch="${YAP_BATCH_TOKENS:-512}"
+  [ "${2%%-*}" = split ] && unified=false
+  case "$2" in *-b[0-9]*) batch="${2##*-b}" ;; esac
   env DEPLOY_MODE=chat TEXT_API_KEY=bench MAX_CONCURRENT_CONNECTIONS=512 \
     WS_MAX_MESSAGES_PER_WINDOW=100000 CHAT_MAX_LEN=2048 \
     EMBEDDED_KV_TOKENS="${YAP_KV_TOKENS:-262144}" EMBEDDED_MAX_SEQUENCES="${YAP_MAX_SEQUENCES:-128}" \
-    EMBEDDED_BATCH_TOKENS="${YAP_BATCH_TOKENS:-512}" EMBEDDED_KV_UNIFIED="$unified" \
+    EMBEDDED_BATCH_TOKENS="$batch" EMBEDDED_KV_UNIFIED="$unified" \
     EMBEDDED_THREADS="$THREADS" \
     "$YAP" serve --host 127.0.0.1 --port "$3" --model "$1" --log-file "$WORK/yap-$2-${1##*/}.server.log" \
     >"$WORK/yap-$2-${1##*/}.log" 2>&1 &
@@ -210,11 +216,11 @@ warmup() { # URL: one short turn, not recorded (CUDA and cuBLAS set-up stays out
   python3 "$ROOT/scripts/bench-gpu-client.py" --url "$1" --api-key bench -c 1 --cycles 1 --max-tokens 8 >/dev/null
 }
 
-client() { # URL LABEL C
+client() { # URL LABEL C [CLIENT ARGS...]
   local cycles=1
   case "$3" in 1) cycles=4 ;; 8) cycles=2 ;; esac
   python3 "$ROOT/scripts/bench-gpu-client.py" --url "$1" --api-key bench -c "$3" \
-    --cycles "$cycles" --max-tokens "$MAX_TOKENS" --stagger-s 1.0 --label "$2"
+    --cycles "$cycles" --max-tokens "$MAX_TOKENS" --stagger-s 1.0 --label "$2" "${@:4}"
 }
 
 record() { # JSON SERVER SHAPE C MEM_MIB PHASE
@@ -288,8 +294,10 @@ EOF
 
 # Phase B: llama-server (-np = streams) and Yap variants VARIANTS on SHAPE at each level of
 # LEVELS_B, the same client, alternating who goes first.
+# With PHASE=S the client runs with --shared-persona (one persona shared by all users).
 phase_b() { # SHAPE "VARIANTS" "LEVELS_B"
-  local shape="$1" m v c lp lbase lmem order s i=0 port=18082
+  local shape="$1" m v c lp lbase lmem order s i=0 port=18082 phase="${PHASE:-B}" cargs=()
+  [ "$phase" = S ] && cargs=(--shared-persona)
   declare -A ypid yport ymem
   m="$(model_path "$shape")"
   [ -f "$m" ] || return 1
@@ -312,17 +320,17 @@ phase_b() { # SHAPE "VARIANTS" "LEVELS_B"
     [ $((i % 2)) = 1 ] && order="${!ypid[*]} llama"
     for s in $order; do
       if [ "$s" = llama ]; then
-        record "$(client http://127.0.0.1:18081 llama "$c")" llama-server "$shape" "$c" "$lmem" B
+        record "$(client http://127.0.0.1:18081 llama "$c" "${cargs[@]}")" llama-server "$shape" "$c" "$lmem" "$phase"
       else
-        record "$(client "http://127.0.0.1:${yport[$s]}" "yap-$s" "$c")" "yap-$s" "$shape" "$c" "${ymem[$s]}" B
+        record "$(client "http://127.0.0.1:${yport[$s]}" "yap-$s" "$c" "${cargs[@]}")" "yap-$s" "$shape" "$c" "${ymem[$s]}" "$phase"
       fi
     done
-    http_get http://127.0.0.1:18081/metrics >"$WORK/llama-np$c-$shape.metrics" 2>/dev/null
+    http_get http://127.0.0.1:18081/metrics >"$WORK/llama-np$c-$shape-$phase.metrics" 2>/dev/null
     stop "$lp"
     i=$((i + 1))
   done
   for v in "${!ypid[@]}"; do
-    http_get "http://127.0.0.1:${yport[$v]}/metrics" >"$WORK/yap-$v-$shape-B.metrics" 2>/dev/null
+    http_get "http://127.0.0.1:${yport[$v]}/metrics" >"$WORK/yap-$v-$shape-$phase.metrics" 2>/dev/null
     stop "${ypid[$v]}"
   done
 }
@@ -367,10 +375,49 @@ cmd_all() {
   log "done"
 }
 
+# The measurement in two device calls (the machine stays warm between them, keeping WORK when
+# it lies in the repository's ignored target/): `prep` (info, llama-server's build, the models,
+# phase A while it builds) then `compare` (phase B per shape with the variants in VARIANTS_B,
+# at LEVELS and EXTRA_LEVELS; then phase S: the 8B shape at 32 streams with one persona).
+cmd_prep() {
+  local first rest mpid
+  read -r first rest <<<"$SHAPES"
+  cmd_info
+  [ -x "$LLAMA_SERVER" ] || cmd_server_build
+  cmd_models "$first" || log "models failed"
+  cmd_models $rest &
+  mpid=$!
+  phase_a "$first"
+  wait "$mpid" || log "models failed"
+  cmd_collect
+  cmd_server_wait $(($(left) - 10))
+}
+
+# Yap variants compared in phase B: VARIANTS_B, and for the 1.5B also VARIANTS_SMALL (its steps
+# are short, so the batch size matters there).
+variants_b() { # SHAPE
+  case "$1" in
+    qwen2.5-1.5b) echo "${VARIANTS_SMALL:-${VARIANTS_B:-split} split-b2048}" ;;
+    *) echo "${VARIANTS_B:-split}" ;;
+  esac
+}
+
+cmd_compare() {
+  local s
+  cmd_server_wait 30 || return 1
+  for s in $SHAPES_B; do phase_b "$s" "$(variants_b "$s")" "$LEVELS $EXTRA_LEVELS"; done
+  PHASE=S phase_b llama-3.1-8b "${VARIANTS_B:-split}" 32
+  cmd_collect
+  report
+  log "done"
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
   all) cmd_all ;;
+  prep) cmd_prep ;;
+  compare) cmd_compare ;;
   info) cmd_info ;;
   server-build) cmd_server_build ;;
   server-wait) cmd_server_wait "$@" ;;

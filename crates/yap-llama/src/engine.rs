@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use llama_cpp_2::DecodeError;
 use llama_cpp_2::context::LlamaContext;
@@ -722,7 +723,11 @@ impl Scheduler<'_> {
         Ok(())
     }
 
+    /// One decode step. Its phases are timed into `yap_engine_step_seconds{phase}`: `fill`
+    /// (building the batch), `compute` (llama_decode until the device is done) and `sample`
+    /// (sampling, detokenizing and sending every stream's token): the step's profile.
     fn step(&mut self, batch: &mut LlamaBatch) {
+        let t0 = Instant::now();
         if let Err(e) = self.fill_batch(batch) {
             self.fail_all(EngineError::Decode(e));
             return;
@@ -740,6 +745,7 @@ impl Scheduler<'_> {
             .peak_batch_sequences
             .fetch_max(seqs, Ordering::Relaxed);
         metrics::histogram!("yap_engine_batch_sequences").record(seqs as f64);
+        let t1 = Instant::now();
         let mut result = self.ctx.decode(batch);
         if matches!(result, Err(DecodeError::NoKvCacheSlot)) {
             // Fragmented or full cache: evict idle sessions and try once more.
@@ -752,8 +758,16 @@ impl Scheduler<'_> {
             self.fail_all(EngineError::Decode(e.to_string()));
             return;
         }
+        self.ctx.synchronize();
+        let t2 = Instant::now();
         self.record_fed();
         self.sample_all();
+        let step = |phase: &'static str, secs: f64| {
+            metrics::histogram!("yap_engine_step_seconds", "phase" => phase).record(secs);
+        };
+        step("fill", (t1 - t0).as_secs_f64());
+        step("compute", (t2 - t1).as_secs_f64());
+        step("sample", t2.elapsed().as_secs_f64());
     }
 
     /// Records what entered the KV cache this step.

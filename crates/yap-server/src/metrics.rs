@@ -88,6 +88,12 @@ pub const CATALOG: &[(&str, Kind, &str, &str)] = &[
         "Sequences sharing one decode step of the embedded engine.",
     ),
     (
+        "yap_engine_step_seconds",
+        Kind::Histogram,
+        "phase",
+        "Time of one decode step of the embedded engine, by phase: fill (building the batch), compute (llama_decode until the device is done), sample (sampling, detokenizing, sending).",
+    ),
+    (
         "yap_prompt_tokens",
         Kind::Histogram,
         "dialect",
@@ -215,6 +221,10 @@ const SECONDS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
     10.0, 30.0, 60.0,
 ];
+/// Histogram buckets of decode-step phases, seconds (sub-millisecond on a GPU).
+const STEP: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0,
+];
 /// Histogram buckets of token counts.
 const TOKENS: &[f64] = &[
     0.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
@@ -232,7 +242,9 @@ fn builder(global: &[(&str, String)]) -> PrometheusBuilder {
     for (k, v) in global {
         b = b.add_global_label(*k, v.clone());
     }
+    // A full name sorts before any suffix in the exporter, so it wins over `_seconds`.
     let sets = [
+        (Matcher::Full("yap_engine_step_seconds".into()), STEP),
         (Matcher::Suffix("_seconds".into()), SECONDS),
         (Matcher::Suffix("_tokens".into()), TOKENS),
         (Matcher::Suffix("_batch_size".into()), BATCH),
