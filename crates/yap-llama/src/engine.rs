@@ -24,7 +24,6 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tracing::{debug, info, warn};
 use yap_engine_api::{
@@ -33,6 +32,7 @@ use yap_engine_api::{
 };
 
 use crate::LoadError;
+use crate::sampler::Sampler;
 use crate::slots::{KvOp, Outcome, SlotTable};
 
 /// Settings of the embedded engine.
@@ -351,7 +351,7 @@ struct Active {
     fed: usize,
     /// A sampled token not fed yet.
     pending: Option<LlamaToken>,
-    sampler: LlamaSampler,
+    sampler: Sampler,
     generated: u32,
     cached: usize,
     utf8: Vec<u8>,
@@ -446,35 +446,6 @@ fn decode_thread(
         )));
     }
     debug!("decode thread stopped");
-}
-
-fn build_sampler(model: &LlamaModel, s: &SamplingParams) -> LlamaSampler {
-    let mut chain = Vec::new();
-    if s.repetition_penalty != 1.0 || s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
-        chain.push(LlamaSampler::penalties(
-            model.n_vocab(),
-            64,
-            s.repetition_penalty,
-            s.frequency_penalty,
-            s.presence_penalty,
-        ));
-    }
-    if s.temperature <= 0.0 {
-        chain.push(LlamaSampler::greedy());
-    } else {
-        if s.top_k > 0 {
-            chain.push(LlamaSampler::top_k(s.top_k));
-        }
-        if s.top_p < 1.0 {
-            chain.push(LlamaSampler::top_p(s.top_p, 1));
-        }
-        if s.min_p > 0.0 {
-            chain.push(LlamaSampler::min_p(s.min_p, 1));
-        }
-        chain.push(LlamaSampler::temp(s.temperature));
-        chain.push(LlamaSampler::dist(s.seed.unwrap_or_else(rand::random)));
-    }
-    LlamaSampler::chain_simple(chain)
 }
 
 impl Scheduler<'_> {
@@ -646,7 +617,7 @@ impl Scheduler<'_> {
             slot,
             fed: keep,
             pending: None,
-            sampler: build_sampler(self.model, &job.sampling),
+            sampler: Sampler::new(&job.sampling),
             generated: 0,
             cached: keep,
             utf8: Vec::new(),

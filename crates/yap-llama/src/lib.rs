@@ -12,6 +12,7 @@
 pub mod engine;
 pub mod gguf;
 pub mod quantize;
+pub mod sampler;
 pub mod slots;
 pub mod vocab;
 
