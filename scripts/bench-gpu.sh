@@ -404,7 +404,7 @@ variants_b() { # SHAPE
 
 cmd_compare() {
   local s
-  cmd_server_wait 30 || return 1
+  cmd_server_wait "${SERVER_WAIT_S:-240}" || return 1
   for s in $SHAPES_B; do phase_b "$s" "$(variants_b "$s")" "$LEVELS $EXTRA_LEVELS"; done
   PHASE=S phase_b llama-3.1-8b "${VARIANTS_B:-split}" 32
   cmd_collect
