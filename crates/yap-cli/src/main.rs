@@ -182,15 +182,15 @@ async fn serve_foreground(args: serve::ServeArgs) -> Result<()> {
     } else {
         None
     };
+    // The handlers exist before anyone learns the address: a SIGTERM sent right after the
+    // "listening" line drains instead of killing the process.
+    let stop = shutdown_signal();
     let running = serve::start(args).await?;
     tracing::info!(addr = %running.addr, "yap listening: {}", yap_server::describe(running.addr));
     if let Some(r) = record.as_mut() {
         r.ready(running.addr)?;
     }
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => { r?; }
-        _ = terminate() => {}
-    }
+    stop.await;
     tracing::info!(
         running_turns = running.core.running_turns(),
         "shutting down: draining running turns"
@@ -256,14 +256,31 @@ async fn run(cli: Cli) -> Result<i32> {
     Ok(0)
 }
 
-async fn terminate() {
+/// Registers the SIGINT and SIGTERM handlers now (not when first polled); the future resolves on
+/// either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-            return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(term) => {}
+                () = wait(int) => {}
+            }
         }
     }
-    std::future::pending::<()>().await;
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
