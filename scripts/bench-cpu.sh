@@ -104,7 +104,7 @@ for r in $(seq 1 "$ROUNDS"); do
       j="$(client "http://127.0.0.1:$port" "$s" "$c")" || log "client failed: $s c=$c"
       down
       [ -n "$j" ] && record "$j" "$s" "$c" "$r"
-      log "round $r c=$c $s: $(echo "$j" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"aggregate {d[\"aggregate_tps\"]:.1f} tok/s, cold TTFT p50 {d[\"cold\"][\"ttft_ms\"][\"p50\"]:.0f} ms, warm {d[\"warm\"][\"ttft_ms\"][\"p50\"]:.0f} ms")' 2>/dev/null)"
+      log "round $r c=$c $s: $(echo "$j" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("aggregate %.1f tok/s, cold TTFT p50 %.0f ms, warm %.0f ms" % (d["aggregate_tps"], d["cold"]["ttft_ms"]["p50"], d["warm"]["ttft_ms"]["p50"]))' 2>&1)"
     done
   done
 done
