@@ -536,13 +536,16 @@ impl Scheduler<'_> {
     /// Moves the whole sequence of `src` into the empty `dst` (a stream copy, or new sequence
     /// ids on the cells of a unified cache).
     fn relocate(&mut self, src: usize, dst: usize) -> bool {
-        self.counters.kv_moves.fetch_add(1, Ordering::Relaxed);
         let (s, d) = (src as i32, dst as i32);
-        self.ctx.copy_kv_cache_seq(s, d, None, None).is_ok()
+        let moved = self.ctx.copy_kv_cache_seq(s, d, None, None).is_ok()
             && self
                 .ctx
                 .clear_kv_cache_seq(Some(src as u32), None, None)
-                .unwrap_or(false)
+                .unwrap_or(false);
+        if moved {
+            self.counters.kv_moves.fetch_add(1, Ordering::Relaxed);
+        }
+        moved
     }
 
     fn finish(&mut self, idx: usize, event: EngineEvent) {
