@@ -25,11 +25,7 @@ async fn ask(
     let frames = read_turn(ws).await;
     let done = frames.last().unwrap().clone();
     assert_eq!(done["type"], "done", "{done}");
-    let text: String = frames
-        .iter()
-        .filter(|f| f["type"] == "token")
-        .map(|f| f["text"].as_str().unwrap().to_owned())
-        .collect();
+    let text = reply_text(&frames);
     eprintln!(
         "[{}] {text:?} -> {:?}",
         style.unwrap_or("default"),

@@ -460,11 +460,7 @@ async fn greedy_turn(ws: &mut yap_cli::client::Ws, session: &str, text: &str) ->
     send(ws, m).await;
     let frames = read_turn(ws).await;
     assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
-    frames
-        .iter()
-        .filter(|f| f["type"] == "token")
-        .map(|f| f["text"].as_str().unwrap_or_default())
-        .collect()
+    reply_text(&frames)
 }
 
 /// Sessions' turns, in order, on a server with one KV stream per sequence; `runner` keeps a

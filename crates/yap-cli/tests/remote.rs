@@ -66,11 +66,7 @@ async fn remote_turns_stream_report_usage_and_cancel_fast() {
     let mut ws = connect(&r).await;
     send(&mut ws, start("rem", "hello", "1")).await;
     let frames = read_turn(&mut ws).await;
-    let text: String = frames
-        .iter()
-        .filter(|f| f["type"] == "token")
-        .map(|f| f["text"].as_str().unwrap())
-        .collect();
+    let text = reply_text(&frames);
     assert_eq!(
         text,
         (0..12)

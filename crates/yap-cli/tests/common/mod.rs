@@ -125,6 +125,15 @@ pub fn is_terminal(f: &Value) -> bool {
     f["type"] == "done" || f["type"] == "error"
 }
 
+/// The reply of a turn's frames: its token texts joined.
+pub fn reply_text(frames: &[Value]) -> String {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "token")
+        .map(|f| f["text"].as_str().unwrap())
+        .collect()
+}
+
 /// Reads one whole turn: every frame up to and including its terminal frame.
 pub async fn read_turn(ws: &mut Ws) -> Vec<Value> {
     let mut frames = Vec::new();
