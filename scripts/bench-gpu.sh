@@ -353,19 +353,25 @@ report() {
   cat "$OUT/report.md"
 }
 
-cmd_all() {
-  local s first rest=() mpid
-  read -r first rest_s <<<"$SHAPES"
-  read -ra rest <<<"${rest_s:-}"
+# The machine's info, llama-server's build (in the background), the models — the first one in
+# the foreground, the others made while phase A measures the first.
+prepare() {
+  local first rest mpid
+  read -r first rest <<<"$SHAPES"
   cmd_info
   [ -x "$LLAMA_SERVER" ] || cmd_server_build
-  # The first model in the foreground; the others are made while the first one is measured.
   cmd_models "$first" || log "models failed"
-  cmd_models "${rest[@]}" &
+  cmd_models $rest &
   mpid=$!
   phase_a "$first"
   wait "$mpid" || log "models failed"
-  for s in "${rest[@]}"; do phase_a "$s"; done
+}
+
+cmd_all() {
+  local s rest
+  read -r _ rest <<<"$SHAPES"
+  prepare
+  for s in $rest; do phase_a "$s"; done
   cmd_collect
   cmd_server_wait $(($(left) - 90)) || { cmd_collect; report; return 1; }
   for s in $SHAPES_B; do phase_b "$s" "$(best_variant "$s")" "$LEVELS"; done
@@ -380,15 +386,7 @@ cmd_all() {
 # phase A while it builds) then `compare` (phase B per shape with the variants in VARIANTS_B,
 # at LEVELS and EXTRA_LEVELS; then phase S: the 8B shape at 32 streams with one persona).
 cmd_prep() {
-  local first rest mpid
-  read -r first rest <<<"$SHAPES"
-  cmd_info
-  [ -x "$LLAMA_SERVER" ] || cmd_server_build
-  cmd_models "$first" || log "models failed"
-  cmd_models $rest &
-  mpid=$!
-  phase_a "$first"
-  wait "$mpid" || log "models failed"
+  prepare
   cmd_collect
   cmd_server_wait $(($(left) - 10))
 }
